@@ -1,0 +1,20 @@
+//! `pressure`: placeholder until implemented.
+
+use std::time::Duration;
+
+use crate::collector::CollectorSpec;
+use crate::config::collector_section;
+use crate::error::Unavailable;
+
+collector_section! {
+    /// `[collectors.pressure]`.
+    pub struct Config {}
+}
+
+pub static SPEC: CollectorSpec = CollectorSpec {
+    name: "pressure",
+    needs: "",
+    default_interval: Duration::from_secs(1),
+    section: |config| &config.pressure,
+    build: |_, _| Err(Unavailable::new("not implemented")),
+};
