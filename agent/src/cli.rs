@@ -1,0 +1,94 @@
+//! Command-line interface: `run`, `validate`, `collectors`.
+//!
+//! Reads the config file; `collectors` also probes the host the way the
+//! collectors would (no privilege needed; unavailable ones say why).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hostwatch_collectors::HostPaths;
+
+use crate::config::{self, LogFormat};
+
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HOSTWATCH_REVISION"), ")");
+
+/// Host-level observability agent: ENA allowances, microbursts, GIL and
+/// mmap_lock stalls, GPUs, on one Prometheus endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "hostwatch", version = VERSION)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent and serve metrics.
+    Run(RunArgs),
+    /// Check a config file; exit 2 with PATH:LINE:COLUMN: reason when invalid.
+    Validate(ConfigArg),
+    /// List collectors: enabled or not, whether they can run here and why not.
+    Collectors(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file [default: /etc/hostwatch/hostwatch.toml when it exists, else the embedded defaults]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Address to serve metrics on [default: the config's agent.listen, 0.0.0.0:9977]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Root of the proc filesystem to read.
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
+    /// Root of the sys filesystem to read.
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// Log format [default: the config's agent.log_format, plain]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl RunArgs {
+    pub fn paths(&self) -> HostPaths {
+        HostPaths::new(&self.procfs, &self.sysfs)
+    }
+
+    pub fn config_path(&self) -> Option<PathBuf> {
+        config::resolve_path(self.config.config.as_deref())
+    }
+}
+
+pub fn validate(args: &ConfigArg) -> ExitCode {
+    let path = config::resolve_path(args.config.as_deref());
+    match config::load(path.as_deref()) {
+        Ok(_) => {
+            println!("{}: ok", describe(path.as_deref()));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn collectors(args: &RunArgs) -> anyhow::Result<()> {
+    let path = args.config_path();
+    let config = config::load(path.as_deref())?;
+    print!("{}", crate::listing::table(&config.collectors, &args.paths()));
+    Ok(())
+}
+
+pub fn describe(path: Option<&Path>) -> String {
+    path.map_or_else(|| "embedded defaults".to_owned(), |path| path.display().to_string())
+}

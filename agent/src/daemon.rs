@@ -1,0 +1,152 @@
+//! `hostwatch run`: the daemon's life cycle. Binds the endpoint, starts the
+//! scheduler, tells systemd when ready, reloads on SIGHUP, stops on SIGTERM or
+//! SIGINT within 2 s.
+//!
+//! Reads the config file (again on SIGHUP); needs the listen socket and
+//! whatever the enabled collectors need.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hostwatch_collectors::{ALL, HostPaths};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::agent_metrics::{self, AgentMetrics};
+use crate::cli::{self, RunArgs};
+use crate::config::{self, Config};
+use crate::scheduler::{Scheduler, Shared};
+use crate::{logging, server, systemd};
+
+/// The runtime waits this long for blocking collections at exit; a collection
+/// stuck in the kernel (a hung NFS read, say) must not hold the stop.
+const BLOCKING_GRACE: Duration = Duration::from_millis(200);
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let path = args.config_path();
+    let mut config = config::load(path.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.agent.listen = listen;
+    }
+    logging::init(args.log_format.unwrap_or(config.agent.log_format));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Scrapes and collection are light; a fleet agent must not spawn a
+        // thread per core on a 192-core host.
+        .worker_threads(2)
+        .thread_name("hostwatch")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let daemon = Daemon {
+        path,
+        paths: args.paths(),
+        config,
+        listen_override: args.listen,
+    };
+    let result = runtime.block_on(daemon.run());
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result
+}
+
+struct Daemon {
+    path: Option<PathBuf>,
+    paths: HostPaths,
+    config: Config,
+    listen_override: Option<std::net::SocketAddr>,
+}
+
+impl Daemon {
+    async fn run(mut self) -> anyhow::Result<()> {
+        let requested = self.config.agent.listen;
+        let listener = TcpListener::bind(requested)
+            .await
+            .with_context(|| format!("cannot listen on {requested}"))?;
+        // With port 0 the kernel picks one; log the one actually bound.
+        let listen = listener.local_addr().unwrap_or(requested);
+        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+        let shared = Arc::new(Shared::default());
+        let mut agent = AgentMetrics::default();
+        shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
+        let mut scheduler = Scheduler::start(ALL, &self.config.collectors, &self.paths, &shared);
+        info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
+
+        let notifier = Arc::clone(&shared);
+        tokio::spawn(async move {
+            notifier.wait_ready().await;
+            systemd::ready();
+            info!("first collection round done; ready");
+        });
+        tokio::spawn(systemd::watchdog(Arc::clone(&shared)));
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = self.config.http.clone();
+        let server = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                server::serve(listener, &http, shared, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => {
+                    systemd::reloading();
+                    scheduler = self.reload(scheduler, &shared, &mut agent).await;
+                    shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
+                    systemd::ready();
+                }
+            }
+        }
+
+        info!("stopping");
+        systemd::stopping();
+        let _ = stop.send(());
+        scheduler.stop().await;
+        // The server drains for at most a second; this bound is a backstop.
+        let _ = tokio::time::timeout(Duration::from_millis(1500), server).await;
+        Ok(())
+    }
+
+    /// Applies the config file again, or keeps the running one when the new one
+    /// is invalid.
+    async fn reload(&mut self, scheduler: Scheduler, shared: &Arc<Shared>, agent: &mut AgentMetrics) -> Scheduler {
+        let mut new = match config::load(self.path.as_deref()) {
+            Ok(new) => new,
+            Err(error) => {
+                agent.reload_failures += 1;
+                error!(%error, "config reload refused; keeping the running config");
+                return scheduler;
+            }
+        };
+        if let Some(listen) = self.listen_override {
+            new.agent.listen = listen;
+        }
+        if new.agent != self.config.agent || new.http != self.config.http {
+            warn!("changes to [agent] and [http] take effect at the next restart");
+        }
+        scheduler.stop().await;
+        let enabled: Vec<&str> = ALL
+            .iter()
+            .filter(|spec| spec.plan(&new.collectors).enabled)
+            .map(|spec| spec.name)
+            .collect();
+        shared
+            .store
+            .retain(|source| source == agent_metrics::SOURCE || enabled.contains(&source));
+        self.config.collectors = new.collectors;
+        agent.reloads += 1;
+        info!(config = %cli::describe(self.path.as_deref()), "config reloaded");
+        Scheduler::start(ALL, &self.config.collectors, &self.paths, shared)
+    }
+}

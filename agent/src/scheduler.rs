@@ -1,0 +1,327 @@
+//! Runs every enabled collector on its own interval and publishes its samples,
+//! with the agent's own metrics about it, into the [`Store`].
+//!
+//! Reads whatever the collectors read. Each collection runs on a blocking
+//! thread under a timeout: a collector that errors, hangs or panics is counted
+//! and isolated, and the others and the endpoint keep working. A collector
+//! that cannot run on this host is reported down with its reason and asked
+//! again only every [`RETRY_UNAVAILABLE`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hostwatch_collectors::{
+    CollectError, Collector, CollectorSpec, CollectorsConfig, Desc, HostPaths, MetricSet, Plan,
+};
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use crate::store::Store;
+
+/// How long a collector that cannot run here waits before it is checked again:
+/// long enough never to be a hot loop, short enough to notice a driver loaded later.
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(60);
+
+static UP: Desc = Desc::gauge(
+    "hostwatch_collector_up",
+    "1 when the collector's last collection succeeded, 0 when it failed or cannot run on this host.",
+    &["collector"],
+);
+static DURATION: Desc = Desc::gauge(
+    "hostwatch_collector_duration_seconds",
+    "How long the collector's last completed collection took.",
+    &["collector"],
+);
+static ERRORS: Desc = Desc::counter(
+    "hostwatch_collector_errors_total",
+    "Failed collections by kind: io, parse, timeout or panic.",
+    &["collector", "kind"],
+);
+static UNAVAILABLE: Desc = Desc::gauge(
+    "hostwatch_collector_unavailable_info",
+    "Present, with the reason, while the collector cannot run on this host.",
+    &["collector", "reason"],
+);
+
+const ERROR_KINDS: [&str; 4] = ["io", "parse", "timeout", "panic"];
+
+/// State shared by the collector tasks, the HTTP server and the systemd notifier.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub store: Store,
+    first_round: Readiness,
+    /// Milliseconds since `epoch` of the last tick of any collector task.
+    heartbeat: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Readiness {
+    pending: AtomicUsize,
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Shared {
+    /// True once every enabled collector has had its first attempt.
+    pub fn is_ready(&self) -> bool {
+        self.first_round.done.load(Ordering::Acquire)
+    }
+
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.first_round.notify.notified();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Time since a collector task last ticked: the collection loop's liveness.
+    pub fn since_heartbeat(&self) -> Duration {
+        let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
+        self.epoch().elapsed().saturating_sub(last)
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heartbeat.store(now, Ordering::Relaxed);
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    fn first_attempt_done(&self) {
+        if self.first_round.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.mark_ready();
+        }
+    }
+
+    fn mark_ready(&self) {
+        self.first_round.done.store(true, Ordering::Release);
+        self.first_round.notify.notify_waiters();
+    }
+}
+
+/// The running collector tasks of one config.
+#[derive(Debug)]
+pub struct Scheduler {
+    tasks: JoinSet<()>,
+}
+
+impl Scheduler {
+    pub fn start(
+        specs: &[&'static CollectorSpec],
+        config: &CollectorsConfig,
+        paths: &HostPaths,
+        shared: &Arc<Shared>,
+    ) -> Self {
+        let plans: Vec<_> = specs
+            .iter()
+            .map(|spec| (*spec, spec.plan(config)))
+            .filter(|(_, plan)| plan.enabled)
+            .collect();
+        if !shared.is_ready() {
+            shared.first_round.pending.store(plans.len(), Ordering::Release);
+            if plans.is_empty() {
+                shared.mark_ready();
+            }
+        }
+        shared.beat();
+        let config = Arc::new(config.clone());
+        let mut tasks = JoinSet::new();
+        for (spec, plan) in plans {
+            let task = Task::new(spec, plan, paths.clone(), Arc::clone(&config), Arc::clone(shared));
+            tasks.spawn(task.run());
+        }
+        Self { tasks }
+    }
+
+    /// Stops every collector task. Collections still running on blocking
+    /// threads finish on their own and are discarded.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// What one collection hands back from its blocking thread.
+struct Outcome {
+    collector: Box<dyn Collector>,
+    set: MetricSet,
+    result: Result<(), CollectError>,
+    elapsed: Duration,
+}
+
+enum State {
+    Ready(Box<dyn Collector>),
+    /// A collection that outlived its timeout and still holds the collector.
+    Overdue(JoinHandle<Outcome>),
+    Down {
+        retry_at: Instant,
+    },
+}
+
+struct Task {
+    spec: &'static CollectorSpec,
+    plan: Plan,
+    paths: HostPaths,
+    config: Arc<CollectorsConfig>,
+    shared: Arc<Shared>,
+    errors: [u64; ERROR_KINDS.len()],
+    last_duration: Option<f64>,
+    unavailable: Option<String>,
+    /// The set published before the current one, reused when no scrape holds it.
+    spare: MetricSet,
+}
+
+impl Task {
+    fn new(
+        spec: &'static CollectorSpec,
+        plan: Plan,
+        paths: HostPaths,
+        config: Arc<CollectorsConfig>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            spec,
+            plan,
+            paths,
+            config,
+            shared,
+            errors: [0; ERROR_KINDS.len()],
+            last_duration: None,
+            unavailable: None,
+            spare: MetricSet::default(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.plan.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut state = State::Down {
+            retry_at: Instant::now(),
+        };
+        let mut first = true;
+        loop {
+            ticker.tick().await;
+            self.shared.beat();
+            state = self.step(state).await;
+            if std::mem::take(&mut first) {
+                self.shared.first_attempt_done();
+            }
+        }
+    }
+
+    async fn step(&mut self, state: State) -> State {
+        let collector = match state {
+            State::Ready(collector) => collector,
+            State::Overdue(handle) if !handle.is_finished() => return State::Overdue(handle),
+            // The late result is stale by now: keep the collector, drop its samples.
+            State::Overdue(handle) => match handle.await {
+                Ok(outcome) => outcome.collector,
+                Err(_) => {
+                    self.count("panic");
+                    return self.build();
+                }
+            },
+            State::Down { retry_at } if Instant::now() < retry_at => return State::Down { retry_at },
+            State::Down { .. } => match self.build() {
+                State::Ready(collector) => collector,
+                other => return other,
+            },
+        };
+
+        let mut set = std::mem::take(&mut self.spare);
+        set.clear();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let mut collector = collector;
+            let start = Instant::now();
+            let result = collector.collect(&mut set);
+            Outcome {
+                collector,
+                set,
+                result,
+                elapsed: start.elapsed(),
+            }
+        });
+        match tokio::time::timeout(self.plan.timeout, &mut handle).await {
+            Ok(Ok(outcome)) => {
+                self.last_duration = Some(outcome.elapsed.as_secs_f64());
+                let up = match &outcome.result {
+                    Ok(()) => true,
+                    Err(error) => {
+                        self.count(error.kind());
+                        warn!(collector = self.spec.name, %error, "collection failed");
+                        false
+                    }
+                };
+                self.publish(outcome.set, up);
+                State::Ready(outcome.collector)
+            }
+            Ok(Err(error)) => {
+                self.count("panic");
+                warn!(collector = self.spec.name, %error, "collector panicked; rebuilding it");
+                self.publish(MetricSet::default(), false);
+                State::Down {
+                    retry_at: Instant::now(),
+                }
+            }
+            Err(_) => {
+                self.count("timeout");
+                warn!(collector = self.spec.name, timeout = ?self.plan.timeout, "collection timed out");
+                self.publish(MetricSet::default(), false);
+                State::Overdue(handle)
+            }
+        }
+    }
+
+    fn build(&mut self) -> State {
+        match (self.spec.build)(&self.paths, &self.config) {
+            Ok(collector) => {
+                if self.unavailable.take().is_some() {
+                    info!(collector = self.spec.name, "collector can run now");
+                }
+                State::Ready(collector)
+            }
+            Err(unavailable) => {
+                if self.unavailable.as_deref() != Some(unavailable.reason.as_str()) {
+                    info!(collector = self.spec.name, reason = %unavailable, "collector cannot run on this host");
+                }
+                self.unavailable = Some(unavailable.reason);
+                self.publish(MetricSet::default(), false);
+                State::Down {
+                    retry_at: Instant::now() + RETRY_UNAVAILABLE.max(self.plan.interval),
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, kind: &str) {
+        if let Some(index) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[index] += 1;
+        }
+    }
+
+    /// Publishes `set` with the agent's metrics about this collector appended.
+    fn publish(&mut self, mut set: MetricSet, up: bool) {
+        let name = self.spec.name;
+        set.push(&UP, &[name], if up { 1.0 } else { 0.0 });
+        if let Some(duration) = self.last_duration {
+            set.push(&DURATION, &[name], duration);
+        }
+        for (kind, count) in ERROR_KINDS.iter().zip(self.errors) {
+            set.push(&ERRORS, &[name, kind], count as f64);
+        }
+        if let Some(reason) = &self.unavailable {
+            set.push(&UNAVAILABLE, &[name, reason], 1.0);
+        }
+        if let Some(Ok(previous)) = self.shared.store.publish(name, Arc::new(set)).map(Arc::try_unwrap) {
+            self.spare = previous;
+        }
+    }
+}

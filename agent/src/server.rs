@@ -1,0 +1,161 @@
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Reads only the [`Store`]; needs a listening socket. Bounded against slow and
+//! greedy clients: a header read timeout (slowloris), a maximum request head,
+//! and a maximum of concurrent connections beyond which clients get a 503.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hostwatch_exporters::Format;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::config::HttpConfig;
+use crate::scheduler::Shared;
+
+/// How long in-flight requests may take to finish once the agent stops.
+const DRAIN: Duration = Duration::from_secs(1);
+
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 20\r\nconnection: close\r\n\r\ntoo many connections";
+
+/// Serves until `shutdown` completes, then drains in-flight requests for at most [`DRAIN`].
+pub async fn serve(listener: TcpListener, http: &HttpConfig, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let permits = Arc::new(Semaphore::new(
+        usize::try_from(http.max_connections.get()).unwrap_or(usize::MAX),
+    ));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_timeout.get())
+        .max_buf_size(usize::try_from(http.max_header_bytes.get()).unwrap_or(usize::MAX));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning on accept.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+            });
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let service = hyper::service::service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(route(&request, &shared)) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        debug!("connections still open after the drain period; closing them");
+    }
+}
+
+fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.is_ready() => plain(StatusCode::OK, "ready\n"),
+        "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "first collection not done\n"),
+        _ => metrics(request, shared),
+    }
+}
+
+fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let headers = request.headers();
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(accepts_gzip);
+    match shared.store.exposition(format, gzip) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(body));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            if gzip {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            response
+        }
+        Err(error) => {
+            warn!(%error, "encoding the exposition failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")
+        }
+    }
+}
+
+/// Whether an `Accept-Encoding` value allows gzip (and does not refuse it with q=0).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut params = coding.split(';').map(str::trim);
+        let name = params.next().unwrap_or_default();
+        let refused = params.any(|p| p.replace(' ', "").trim_end_matches('0').trim_end_matches('.') == "q=");
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip; q=0.000"));
+    }
+}
