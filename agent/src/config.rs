@@ -213,6 +213,7 @@ mod tests {
 
     #[test]
     fn columns_count_characters() {
-        assert_eq!(line_column("é = 1\nab", 7), (2, 2));
+        assert_eq!(line_column("é = x", 5), (1, 5));
+        assert_eq!(line_column("a\néé = x", 9), (2, 6));
     }
 }

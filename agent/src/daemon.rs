@@ -76,13 +76,7 @@ impl Daemon {
         let mut scheduler = Scheduler::start(ALL, &self.config.collectors, &self.paths, &shared);
         info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
 
-        let notifier = Arc::clone(&shared);
-        tokio::spawn(async move {
-            notifier.wait_ready().await;
-            systemd::ready();
-            info!("first collection round done; ready");
-        });
-        tokio::spawn(systemd::watchdog(Arc::clone(&shared)));
+        tokio::spawn(systemd::supervise(Arc::clone(&shared)));
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let http = self.config.http.clone();

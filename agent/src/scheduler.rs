@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hostwatch_collectors::{
-    CollectError, Collector, CollectorSpec, CollectorsConfig, Desc, HostPaths, MetricSet, Plan,
+    CollectError, Collector, CollectorSpec, CollectorsConfig, Desc, HostPaths, MetricSet, Plan, Unavailable,
 };
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
@@ -149,28 +149,36 @@ impl Scheduler {
     }
 }
 
-/// What one collection hands back from its blocking thread.
-struct Outcome {
-    collector: Box<dyn Collector>,
-    set: MetricSet,
-    result: Result<(), CollectError>,
-    elapsed: Duration,
+/// What one attempt hands back from its blocking thread.
+enum Outcome {
+    Collected {
+        collector: Box<dyn Collector>,
+        set: MetricSet,
+        result: Result<(), CollectError>,
+        elapsed: Duration,
+    },
+    Unavailable(Unavailable),
 }
 
 enum State {
-    Ready(Box<dyn Collector>),
-    /// A collection that outlived its timeout and still holds the collector.
+    /// Waiting for the next tick; `None` when the collector must be built first.
+    Idle(Option<Box<dyn Collector>>),
+    /// An attempt that outlived its timeout and still holds the collector.
     Overdue(JoinHandle<Outcome>),
-    Down {
-        retry_at: Instant,
-    },
+    /// Cannot run on this host; built again at `retry_at`.
+    Down { retry_at: Instant },
+}
+
+/// What building a collector needs, shared with its blocking attempts.
+struct Env {
+    spec: &'static CollectorSpec,
+    paths: HostPaths,
+    config: Arc<CollectorsConfig>,
 }
 
 struct Task {
-    spec: &'static CollectorSpec,
+    env: Arc<Env>,
     plan: Plan,
-    paths: HostPaths,
-    config: Arc<CollectorsConfig>,
     shared: Arc<Shared>,
     errors: [u64; ERROR_KINDS.len()],
     last_duration: Option<f64>,
@@ -188,10 +196,8 @@ impl Task {
         shared: Arc<Shared>,
     ) -> Self {
         Self {
-            spec,
+            env: Arc::new(Env { spec, paths, config }),
             plan,
-            paths,
-            config,
             shared,
             errors: [0; ERROR_KINDS.len()],
             last_duration: None,
@@ -200,12 +206,14 @@ impl Task {
         }
     }
 
+    fn name(&self) -> &'static str {
+        self.env.spec.name
+    }
+
     async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.plan.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut state = State::Down {
-            retry_at: Instant::now(),
-        };
+        let mut state = State::Idle(None);
         let mut first = true;
         loop {
             ticker.tick().await;
@@ -219,30 +227,37 @@ impl Task {
 
     async fn step(&mut self, state: State) -> State {
         let collector = match state {
-            State::Ready(collector) => collector,
+            State::Idle(collector) => collector,
             State::Overdue(handle) if !handle.is_finished() => return State::Overdue(handle),
             // The late result is stale by now: keep the collector, drop its samples.
             State::Overdue(handle) => match handle.await {
-                Ok(outcome) => outcome.collector,
+                Ok(Outcome::Collected { collector, .. }) => Some(collector),
+                Ok(Outcome::Unavailable(_)) => None,
                 Err(_) => {
                     self.count("panic");
-                    return self.build();
+                    None
                 }
             },
             State::Down { retry_at } if Instant::now() < retry_at => return State::Down { retry_at },
-            State::Down { .. } => match self.build() {
-                State::Ready(collector) => collector,
-                other => return other,
-            },
+            State::Down { .. } => None,
         };
 
+        // Building probes the host (files, devices, libraries) and may hang as
+        // surely as collecting, so both run off the runtime under the timeout.
+        let env = Arc::clone(&self.env);
         let mut set = std::mem::take(&mut self.spare);
         set.clear();
         let mut handle = tokio::task::spawn_blocking(move || {
-            let mut collector = collector;
             let start = Instant::now();
+            let mut collector = match collector {
+                Some(collector) => collector,
+                None => match (env.spec.build)(&env.paths, &env.config) {
+                    Ok(collector) => collector,
+                    Err(unavailable) => return Outcome::Unavailable(unavailable),
+                },
+            };
             let result = collector.collect(&mut set);
-            Outcome {
+            Outcome::Collected {
                 collector,
                 set,
                 result,
@@ -250,53 +265,48 @@ impl Task {
             }
         });
         match tokio::time::timeout(self.plan.timeout, &mut handle).await {
-            Ok(Ok(outcome)) => {
-                self.last_duration = Some(outcome.elapsed.as_secs_f64());
-                let up = match &outcome.result {
+            Ok(Ok(Outcome::Collected {
+                collector,
+                set,
+                result,
+                elapsed,
+            })) => {
+                if self.unavailable.take().is_some() {
+                    info!(collector = self.name(), "collector can run now");
+                }
+                self.last_duration = Some(elapsed.as_secs_f64());
+                let up = match &result {
                     Ok(()) => true,
                     Err(error) => {
                         self.count(error.kind());
-                        warn!(collector = self.spec.name, %error, "collection failed");
+                        warn!(collector = self.name(), %error, "collection failed");
                         false
                     }
                 };
-                self.publish(outcome.set, up);
-                State::Ready(outcome.collector)
+                self.publish(set, up);
+                State::Idle(Some(collector))
             }
-            Ok(Err(error)) => {
-                self.count("panic");
-                warn!(collector = self.spec.name, %error, "collector panicked; rebuilding it");
-                self.publish(MetricSet::default(), false);
-                State::Down {
-                    retry_at: Instant::now(),
-                }
-            }
-            Err(_) => {
-                self.count("timeout");
-                warn!(collector = self.spec.name, timeout = ?self.plan.timeout, "collection timed out");
-                self.publish(MetricSet::default(), false);
-                State::Overdue(handle)
-            }
-        }
-    }
-
-    fn build(&mut self) -> State {
-        match (self.spec.build)(&self.paths, &self.config) {
-            Ok(collector) => {
-                if self.unavailable.take().is_some() {
-                    info!(collector = self.spec.name, "collector can run now");
-                }
-                State::Ready(collector)
-            }
-            Err(unavailable) => {
+            Ok(Ok(Outcome::Unavailable(unavailable))) => {
                 if self.unavailable.as_deref() != Some(unavailable.reason.as_str()) {
-                    info!(collector = self.spec.name, reason = %unavailable, "collector cannot run on this host");
+                    info!(collector = self.name(), reason = %unavailable, "collector cannot run on this host");
                 }
                 self.unavailable = Some(unavailable.reason);
                 self.publish(MetricSet::default(), false);
                 State::Down {
                     retry_at: Instant::now() + RETRY_UNAVAILABLE.max(self.plan.interval),
                 }
+            }
+            Ok(Err(error)) => {
+                self.count("panic");
+                warn!(collector = self.name(), %error, "collector panicked; rebuilding it");
+                self.publish(MetricSet::default(), false);
+                State::Idle(None)
+            }
+            Err(_) => {
+                self.count("timeout");
+                warn!(collector = self.name(), timeout = ?self.plan.timeout, "collection timed out");
+                self.publish(MetricSet::default(), false);
+                State::Overdue(handle)
             }
         }
     }
@@ -309,7 +319,7 @@ impl Task {
 
     /// Publishes `set` with the agent's metrics about this collector appended.
     fn publish(&mut self, mut set: MetricSet, up: bool) {
-        let name = self.spec.name;
+        let name = self.name();
         set.push(&UP, &[name], if up { 1.0 } else { 0.0 });
         if let Some(duration) = self.last_duration {
             set.push(&DURATION, &[name], duration);

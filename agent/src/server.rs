@@ -17,7 +17,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -57,10 +57,7 @@ pub async fn serve(listener: TcpListener, http: &HttpConfig, shared: Arc<Shared>
             () = &mut shutdown => break,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
-            });
+            tokio::spawn(refuse(stream));
             continue;
         };
         let shared = Arc::clone(&shared);
@@ -79,6 +76,19 @@ pub async fn serve(listener: TcpListener, http: &HttpConfig, shared: Arc<Shared>
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         debug!("connections still open after the drain period; closing them");
     }
+}
+
+/// Answers 503 to a connection beyond the limit. The request head is read
+/// (bounded) first: closing with unread data would reset the connection and
+/// the client would see an error instead of the 503.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head).await;
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
@@ -107,7 +117,7 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(accepts_gzip);
+        .is_some_and(hostwatch_exporters::accepts_gzip);
     match shared.store.exposition(format, gzip) {
         Ok(body) => {
             let mut response = Response::new(Full::new(body));
@@ -125,16 +135,6 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     }
 }
 
-/// Whether an `Accept-Encoding` value allows gzip (and does not refuse it with q=0).
-fn accepts_gzip(value: &str) -> bool {
-    value.split(',').any(|coding| {
-        let mut params = coding.split(';').map(str::trim);
-        let name = params.next().unwrap_or_default();
-        let refused = params.any(|p| p.replace(' ', "").trim_end_matches('0').trim_end_matches('.') == "q=");
-        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-    })
-}
-
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -143,19 +143,4 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::accepts_gzip;
-
-    #[test]
-    fn gzip_negotiation() {
-        assert!(accepts_gzip("gzip"));
-        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
-        assert!(accepts_gzip("*"));
-        assert!(!accepts_gzip("identity"));
-        assert!(!accepts_gzip("gzip;q=0"));
-        assert!(!accepts_gzip("gzip; q=0.000"));
-    }
 }

@@ -8,31 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::scheduler::Shared;
 
-/// Tells systemd the service is ready.
-pub fn ready() {
-    send(&[NotifyState::Ready, NotifyState::Status("collecting")]);
-}
-
-pub fn reloading() {
-    // RELOADING=1 must carry the monotonic time for Type=notify-reload; plain
-    // notify units accept it too.
-    match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now]),
-        Err(error) => debug!(%error, "no monotonic clock for RELOADING"),
-    }
-}
-
-pub fn stopping() {
-    send(&[NotifyState::Stopping]);
-}
-
-/// Pings the watchdog at half its period for as long as collector tasks keep
-/// ticking. A wedged runtime or scheduler stops the pings, and systemd restarts us.
-pub async fn watchdog(shared: Arc<Shared>) {
+/// Once the first collection round is done, tells systemd the service is
+/// ready, then keeps the watchdog fed for as long as collector tasks tick.
+/// A wedged runtime or scheduler stops the pings, and systemd restarts us.
+pub async fn supervise(shared: Arc<Shared>) {
+    shared.wait_ready().await;
+    ready();
+    info!("first collection round done; ready");
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -50,6 +36,24 @@ pub async fn watchdog(shared: Arc<Shared>) {
             warn!(since = ?since, "collection loop stalled; withholding the watchdog ping");
         }
     }
+}
+
+/// Tells systemd the service is ready (again, after a reload).
+pub fn ready() {
+    send(&[NotifyState::Ready, NotifyState::Status("collecting")]);
+}
+
+pub fn reloading() {
+    // RELOADING=1 must carry the monotonic time for Type=notify-reload; plain
+    // notify units accept it too.
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(error) => debug!(%error, "no monotonic clock for RELOADING"),
+    }
+}
+
+pub fn stopping() {
+    send(&[NotifyState::Stopping]);
 }
 
 fn send(states: &[NotifyState]) {

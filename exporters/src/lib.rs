@@ -51,6 +51,26 @@ impl Format {
     }
 }
 
+/// Whether an `Accept-Encoding` header value allows a gzip-compressed body.
+pub fn accepts_gzip(accept_encoding: &str) -> bool {
+    acceptable(accept_encoding).any(|coding| coding.eq_ignore_ascii_case("gzip") || coding == "*")
+}
+
+/// The items of an `Accept`-style header that are not refused with `q=0`.
+fn acceptable(header: &str) -> impl Iterator<Item = &str> {
+    header.split(',').filter_map(|item| {
+        let mut params = item.split(';').map(str::trim);
+        let name = params.next()?;
+        let refused = params.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (!refused).then_some(name)
+    })
+}
+
 /// Encodes `sets` (each collector's latest samples) into one exposition.
 pub fn encode(format: Format, sets: Vec<Arc<MetricSet>>) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
