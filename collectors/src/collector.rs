@@ -27,8 +27,12 @@ pub struct CollectorSpec {
     pub default_interval: Duration,
     pub section: fn(&CollectorsConfig) -> &dyn Section,
     /// Checks the host and builds the collector, or says why it cannot run here.
-    pub build: fn(&HostPaths, &CollectorsConfig) -> Result<Box<dyn Collector>, Unavailable>,
+    pub build: Build,
 }
+
+/// What [`CollectorSpec::build`] is: host roots and config in, a collector or the
+/// reason it cannot run out.
+pub type Build = fn(&HostPaths, &CollectorsConfig) -> Result<Box<dyn Collector>, Unavailable>;
 
 /// A collector's effective schedule once config and defaults are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,9 @@
-//! Test helpers: fixture roots under `tests/fixtures/<name>/{proc,sys}`.
+//! Test helpers: fixture roots under `tests/fixtures/<name>/{proc,sys}`, and
+//! small throwaway trees for cases the fixtures do not cover.
 
+use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::collector::CollectorSpec;
 use crate::config::CollectorsConfig;
@@ -28,4 +31,49 @@ pub fn collect_fixture_with(spec: &CollectorSpec, name: &str, config: &Collector
     let mut set = MetricSet::default();
     collector.collect(&mut set).expect("collection succeeds on the fixture");
     set
+}
+
+/// A host tree a test writes under the system temp directory, for cases no
+/// captured fixture shows (malformed lines, older kernels, missing files).
+/// Removed when dropped.
+#[derive(Debug)]
+pub struct TempTree {
+    root: PathBuf,
+}
+
+impl TempTree {
+    /// Writes each `(path, contents)` under a fresh root; a path ending in `/`
+    /// is created as an empty directory instead.
+    pub fn new(files: &[(&str, &str)]) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // Tests run in parallel threads of one process, and several test
+        // binaries may run at once: the pid and a counter keep roots apart.
+        let root = std::env::temp_dir().join(format!(
+            "hostwatch-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tree = Self { root };
+        for (path, contents) in files {
+            let full = tree.root.join(path);
+            if path.ends_with('/') {
+                fs::create_dir_all(&full).expect("create directory");
+            } else {
+                fs::create_dir_all(full.parent().expect("parent")).expect("create parent");
+                fs::write(&full, contents).expect("write file");
+            }
+        }
+        tree
+    }
+
+    pub fn paths(&self) -> HostPaths {
+        HostPaths::new(self.root.join("proc"), self.root.join("sys"))
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        // Best effort: a leftover directory under /tmp must not fail a test.
+        let _ = fs::remove_dir_all(&self.root);
+    }
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what building hostwatch needs, and with --test what its test suite
+# and benchmarks start for real (Prometheus server and promtool, node_exporter,
+# iproute2, ethtool, iperf3, Python). Debian 12 / Ubuntu 22.04 or newer.
+# Idempotent and quick when everything is present. Packaged services are not
+# started by the install (a policy-rc.d guard), so a developer's machine does
+# not gain a Prometheus on :9090.
+set -euo pipefail
+
+packages=(build-essential pkg-config ca-certificates curl)
+if [[ "${1:-}" == "--test" ]]; then
+    packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps)
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || { echo "install as root: apt-get install ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    guard=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$guard" >/dev/null
+        $sudo chmod +x "$guard"
+        trap '$sudo rm -f "$guard"' EXIT
+    fi
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Rust: the workspace needs 1.95 or newer, which Debian does not ship; rustup
+# installs it for the current user when cargo is absent.
+if ! command -v cargo >/dev/null && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95
+fi
