@@ -1,6 +1,8 @@
 //! The daemon's life cycle and isolation, end to end: signals, reload,
 //! systemd notifications, hung collectors, and a bounded endpoint.
 
+// A test crate: its helpers fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
 use std::io::{Read, Write};

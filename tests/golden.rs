@@ -3,6 +3,8 @@
 //! running process (its own cost, durations, build revision) are filtered out.
 //! `UPDATE_GOLDEN=1` rewrites the golden file. `promtool check metrics` must pass.
 
+// A test crate: its helpers fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
 use std::io::Write;

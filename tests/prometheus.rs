@@ -2,6 +2,8 @@
 //! loopback; the test asks Prometheus' HTTP API for the series and checks
 //! the values the fixture holds.
 
+// A test crate: its helpers fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
 use std::process::{Child, Command, Stdio};

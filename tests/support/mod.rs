@@ -1,7 +1,8 @@
 //! Shared by the end-to-end tests: starts the real `hostwatch` binary on an
 //! ephemeral loopback port and talks plain HTTP/1.1 to it.
 
-#![allow(dead_code)] // each test file uses a different part of this module
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -102,10 +103,10 @@ impl Agent {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if event["fields"]["message"] == "hostwatch started" {
-                        let _ = tx.send(event["fields"]["listen"].as_str().unwrap_or_default().to_owned());
-                    }
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["fields"]["message"] == "hostwatch started"
+                {
+                    let _ = tx.send(event["fields"]["listen"].as_str().unwrap_or_default().to_owned());
                 }
                 sink.lock().unwrap().push(line);
             }
