@@ -12,8 +12,11 @@ Two scenarios:
          schedule and serves a cached encoding between collections; node_exporter
          collects on every scrape. Both agents' CPU over the whole run is counted,
          background collection included.
-  paced  200 scrapes each, one every 50 ms (each agent), so most hostwatch
+  paced  200 scrapes each, 25 ms apart, so most hostwatch
          scrapes re-encode fresh samples.
+
+Also "idle": 10 s without scrapes, CPU seconds per second. hostwatch keeps
+collecting every second; node_exporter does nothing until scraped.
 
 Reported per agent: resident memory after the scrapes, CPU seconds per 1000
 scrapes, scrape latency p50 and p99 (request sent to body read), series count,
@@ -33,7 +36,6 @@ import sys
 import tempfile
 import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NODE_EXPORTER_ARGS = [
     "--collector.disable-defaults",
     "--collector.cpu",
@@ -54,9 +56,16 @@ def free_port():
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """On-CPU time of all the process's threads, from schedstat (nanoseconds;
+    /proc/PID/stat counts in 10 ms ticks, too coarse for a short run)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that ended while we listed them
+    return total / 1e9
 
 
 def rss_bytes(pid):
@@ -158,6 +167,9 @@ def main():
                 "burst": run_scenario("burst", targets, 1000, 0),
                 "paced": run_scenario("paced", targets, 200, 0.025),
             }
+            idle_before = {t.name: cpu_seconds(t.proc.pid) for t in targets}
+            time.sleep(10)
+            idle = {t.name: (cpu_seconds(t.proc.pid) - idle_before[t.name]) / 10 for t in targets}
         finally:
             for t in targets:
                 t.stop()
@@ -169,9 +181,14 @@ def main():
     for scenario, results in scenarios.items():
         for agent, r in results.items():
             print(
-                f"| {scenario} | {agent} | {r['series']} | {r['rss_mib']:.1f} | {r['cpu_per_1000']:.3f} "
+                f"| {scenario} | {agent} | {r['series']} | {r['rss_mib']:.1f} | {r['cpu_per_1000']:.4f} "
                 f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
             )
+    print()
+    print("| idle, no scrapes | CPU s / s |")
+    print("|---|---|")
+    for agent, cpu in idle.items():
+        print(f"| {agent} | {cpu:.5f} |")
     print()
     print("| scenario | RSS ratio | CPU ratio | p50 ratio | p99 ratio |")
     print("|---|---|---|---|---|")

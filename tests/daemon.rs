@@ -270,3 +270,40 @@ fn a_thousand_concurrent_scrapes_stay_bounded() {
     );
     assert_eq!(agent.get("/metrics").status, 200, "still serving");
 }
+
+/// Reading /proc/PID/smaps makes the kernel walk the target's page tables
+/// under its mmap_lock and stalls it (DESIGN.md): the agent must never open
+/// one. strace sees every file the real agent opens on this real host.
+#[test]
+fn never_opens_smaps() {
+    let strace = support::require_program("strace");
+    let dir = TempDir::new("strace");
+    let trace = dir.join("trace");
+    let status = Command::new(strace)
+        .args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+        .arg(&trace)
+        .args([
+            "timeout",
+            "--preserve-status",
+            "-s",
+            "TERM",
+            "3",
+            support::bin(),
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "agent ran and stopped cleanly under strace: {status}");
+    let opened = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        opened.contains("\"/proc/stat\""),
+        "strace saw the collectors' reads:\n{opened}"
+    );
+    assert!(opened.contains("\"/proc/net/dev\""));
+    let smaps: Vec<&str> = opened.lines().filter(|line| line.contains("smaps")).collect();
+    assert!(smaps.is_empty(), "smaps opened: {smaps:?}");
+}

@@ -97,3 +97,20 @@ fn openmetrics_and_gzip_on_request() {
         "{plain}"
     );
 }
+
+/// The README's metric table must name every family the agent exports.
+#[test]
+fn readme_lists_every_metric() {
+    let agent = Agent::on_fixture("basic", &[]);
+    agent.wait_ready();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let missing: Vec<String> = agent
+        .metrics()
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .map(str::to_owned)
+        .collect();
+    assert!(missing.is_empty(), "README.md does not list: {missing:?}");
+}

@@ -335,3 +335,116 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostwatch_exporters::Format;
+
+    static OK: Desc = Desc::gauge("test_ok", "A value.", &[]);
+
+    struct Panics;
+    impl Collector for Panics {
+        fn collect(&mut self, _: &mut MetricSet) -> Result<(), CollectError> {
+            panic!("collector bug");
+        }
+    }
+
+    struct Works;
+    impl Collector for Works {
+        fn collect(&mut self, out: &mut MetricSet) -> Result<(), CollectError> {
+            out.push(&OK, &[], 42.0);
+            Ok(())
+        }
+    }
+
+    static PANICS: CollectorSpec = CollectorSpec {
+        name: "panics",
+        needs: "",
+        default_interval: Duration::from_millis(50),
+        section: |config| &config.cpu,
+        build: |_, _| Ok(Box::new(Panics)),
+    };
+    static WORKS: CollectorSpec = CollectorSpec {
+        name: "works",
+        needs: "",
+        default_interval: Duration::from_millis(50),
+        section: |config| &config.memory,
+        build: |_, _| Ok(Box::new(Works)),
+    };
+    static ABSENT: CollectorSpec = CollectorSpec {
+        name: "absent",
+        needs: "",
+        default_interval: Duration::from_millis(50),
+        section: |config| &config.pressure,
+        build: |_, _| Err(Unavailable::new("no such device")),
+    };
+
+    fn exposition(shared: &Shared) -> String {
+        String::from_utf8(shared.store.exposition(Format::PrometheusText, false).unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_collector_is_counted_rebuilt_and_isolated() {
+        let shared = Arc::new(Shared::default());
+        let scheduler = Scheduler::start(
+            &[&PANICS, &WORKS, &ABSENT],
+            &CollectorsConfig::default(),
+            &HostPaths::default(),
+            &shared,
+        );
+        tokio::time::timeout(Duration::from_secs(5), shared.wait_ready())
+            .await
+            .expect("first round completes");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let text = exposition(&shared);
+        scheduler.stop().await;
+
+        let panics = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hostwatch_collector_errors_total{collector=\"panics\",kind=\"panic\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("panic counter");
+        // Rebuilt and retried on every tick: the panic repeats, and is counted each time.
+        assert!(panics >= 3.0, "{text}");
+        assert!(
+            text.contains("hostwatch_collector_up{collector=\"panics\"} 0.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostwatch_collector_up{collector=\"works\"} 1.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("test_ok 42.0\n"), "{text}");
+        assert!(
+            text.contains("hostwatch_collector_unavailable_info{collector=\"absent\",reason=\"no such device\"} 1.0\n")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unavailable_collector_is_not_retried_in_a_hot_loop() {
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        static COUNTED: CollectorSpec = CollectorSpec {
+            name: "counted",
+            needs: "",
+            default_interval: Duration::from_millis(10),
+            section: |config| &config.cpu,
+            build: |_, _| {
+                BUILDS.fetch_add(1, Ordering::SeqCst);
+                Err(Unavailable::new("absent"))
+            },
+        };
+        let shared = Arc::new(Shared::default());
+        let scheduler = Scheduler::start(
+            &[&COUNTED],
+            &CollectorsConfig::default(),
+            &HostPaths::default(),
+            &shared,
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        scheduler.stop().await;
+        // 30 ticks passed; only the first one built.
+        assert_eq!(BUILDS.load(Ordering::SeqCst), 1);
+        assert!(shared.is_ready());
+    }
+}
