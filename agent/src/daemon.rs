@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hostwatch_collectors::facts::HostFacts;
 use hostwatch_collectors::{ALL, HostPaths};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -45,6 +46,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         paths: args.paths(),
         config,
         listen_override: args.listen,
+        facts: Arc::default(),
     };
     let result = runtime.block_on(daemon.run());
     runtime.shutdown_timeout(BLOCKING_GRACE);
@@ -56,9 +58,19 @@ struct Daemon {
     paths: HostPaths,
     config: Config,
     listen_override: Option<std::net::SocketAddr>,
+    /// What collectors learned about the host; kept across reloads.
+    facts: Arc<HostFacts>,
 }
 
 impl Daemon {
+    fn context(&self) -> hostwatch_collectors::Context {
+        hostwatch_collectors::Context {
+            paths: self.paths.clone(),
+            config: Arc::new(self.config.collectors.clone()),
+            facts: Arc::clone(&self.facts),
+        }
+    }
+
     async fn run(mut self) -> anyhow::Result<()> {
         let requested = self.config.agent.listen;
         let listener = TcpListener::bind(requested)
@@ -73,7 +85,7 @@ impl Daemon {
         let shared = Arc::new(Shared::default());
         let mut agent = AgentMetrics::default();
         shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
-        let mut scheduler = Scheduler::start(ALL, &self.config.collectors, &self.paths, &shared);
+        let mut scheduler = Scheduler::start(ALL, &self.context(), &shared);
         info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
 
         tokio::spawn(systemd::supervise(Arc::clone(&shared)));
@@ -141,6 +153,6 @@ impl Daemon {
         self.config.collectors = new.collectors;
         agent.reloads += 1;
         info!(config = %cli::describe(self.path.as_deref()), "config reloaded");
-        Scheduler::start(ALL, &self.config.collectors, &self.paths, shared)
+        Scheduler::start(ALL, &self.context(), shared)
     }
 }

@@ -5,9 +5,10 @@
 
 use std::fmt::Write;
 
-use hostwatch_collectors::{ALL, CollectorsConfig, HostPaths};
+use hostwatch_collectors::{ALL, CollectorsConfig, Context, HostPaths};
 
 pub fn table(config: &CollectorsConfig, paths: &HostPaths) -> String {
+    let context = Context::new(paths.clone(), config.clone());
     let rows: Vec<[String; 5]> = ALL
         .iter()
         .map(|spec| {
@@ -15,7 +16,7 @@ pub fn table(config: &CollectorsConfig, paths: &HostPaths) -> String {
             let status = if !plan.enabled {
                 "-".to_owned()
             } else {
-                match (spec.build)(paths, config) {
+                match (spec.build)(&context) {
                     Ok(_) => "yes".to_owned(),
                     Err(unavailable) => format!("no: {unavailable}"),
                 }

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hostwatch_collectors::{
-    CollectError, Collector, CollectorSpec, CollectorsConfig, Desc, HostPaths, MetricSet, Plan, Unavailable,
-};
+use hostwatch_collectors::{CollectError, Collector, CollectorSpec, Context, Desc, MetricSet, Plan, Unavailable};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
@@ -115,15 +113,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn start(
-        specs: &[&'static CollectorSpec],
-        config: &CollectorsConfig,
-        paths: &HostPaths,
-        shared: &Arc<Shared>,
-    ) -> Self {
+    /// Starts every enabled collector of `specs`, built from `context`.
+    pub fn start(specs: &[&'static CollectorSpec], context: &Context, shared: &Arc<Shared>) -> Self {
         let plans: Vec<_> = specs
             .iter()
-            .map(|spec| (*spec, spec.plan(config)))
+            .map(|spec| (*spec, spec.plan(&context.config)))
             .filter(|(_, plan)| plan.enabled)
             .collect();
         if !shared.is_ready() {
@@ -133,10 +127,9 @@ impl Scheduler {
             }
         }
         shared.beat();
-        let config = Arc::new(config.clone());
         let mut tasks = JoinSet::new();
         for (spec, plan) in plans {
-            let task = Task::new(spec, plan, paths.clone(), Arc::clone(&config), Arc::clone(shared));
+            let task = Task::new(spec, plan, context.clone(), Arc::clone(shared));
             tasks.spawn(task.run());
         }
         Self { tasks }
@@ -172,8 +165,7 @@ enum State {
 /// What building a collector needs, shared with its blocking attempts.
 struct Env {
     spec: &'static CollectorSpec,
-    paths: HostPaths,
-    config: Arc<CollectorsConfig>,
+    context: Context,
 }
 
 struct Task {
@@ -188,15 +180,9 @@ struct Task {
 }
 
 impl Task {
-    fn new(
-        spec: &'static CollectorSpec,
-        plan: Plan,
-        paths: HostPaths,
-        config: Arc<CollectorsConfig>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    fn new(spec: &'static CollectorSpec, plan: Plan, context: Context, shared: Arc<Shared>) -> Self {
         Self {
-            env: Arc::new(Env { spec, paths, config }),
+            env: Arc::new(Env { spec, context }),
             plan,
             shared,
             errors: [0; ERROR_KINDS.len()],
@@ -251,7 +237,7 @@ impl Task {
             let start = Instant::now();
             let mut collector = match collector {
                 Some(collector) => collector,
-                None => match (env.spec.build)(&env.paths, &env.config) {
+                None => match (env.spec.build)(&env.context) {
                     Ok(collector) => collector,
                     Err(unavailable) => return Outcome::Unavailable(unavailable),
                 },
@@ -363,21 +349,21 @@ mod tests {
         needs: "",
         default_interval: Duration::from_millis(50),
         section: |config| &config.cpu,
-        build: |_, _| Ok(Box::new(Panics)),
+        build: |_| Ok(Box::new(Panics)),
     };
     static WORKS: CollectorSpec = CollectorSpec {
         name: "works",
         needs: "",
         default_interval: Duration::from_millis(50),
         section: |config| &config.memory,
-        build: |_, _| Ok(Box::new(Works)),
+        build: |_| Ok(Box::new(Works)),
     };
     static ABSENT: CollectorSpec = CollectorSpec {
         name: "absent",
         needs: "",
         default_interval: Duration::from_millis(50),
         section: |config| &config.pressure,
-        build: |_, _| Err(Unavailable::new("no such device")),
+        build: |_| Err(Unavailable::new("no such device")),
     };
 
     fn exposition(shared: &Shared) -> String {
@@ -387,12 +373,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_collector_is_counted_rebuilt_and_isolated() {
         let shared = Arc::new(Shared::default());
-        let scheduler = Scheduler::start(
-            &[&PANICS, &WORKS, &ABSENT],
-            &CollectorsConfig::default(),
-            &HostPaths::default(),
-            &shared,
-        );
+        let scheduler = Scheduler::start(&[&PANICS, &WORKS, &ABSENT], &Context::default(), &shared);
         tokio::time::timeout(Duration::from_secs(5), shared.wait_ready())
             .await
             .expect("first round completes");
@@ -429,18 +410,13 @@ mod tests {
             needs: "",
             default_interval: Duration::from_millis(10),
             section: |config| &config.cpu,
-            build: |_, _| {
+            build: |_| {
                 BUILDS.fetch_add(1, Ordering::SeqCst);
                 Err(Unavailable::new("absent"))
             },
         };
         let shared = Arc::new(Shared::default());
-        let scheduler = Scheduler::start(
-            &[&COUNTED],
-            &CollectorsConfig::default(),
-            &HostPaths::default(),
-            &shared,
-        );
+        let scheduler = Scheduler::start(&[&COUNTED], &Context::default(), &shared);
         tokio::time::sleep(Duration::from_millis(300)).await;
         scheduler.stop().await;
         // 30 ticks passed; only the first one built.

@@ -48,7 +48,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "sysfs: fs/cgroup/cgroup.stat (v2) or fs/cgroup/memory with procfs /proc/cgroups (v1); host cgroup namespace",
     default_interval: Duration::from_secs(10),
     section: |config| &config.cgroups,
-    build: |paths, _| build(paths),
+    build: |context| build(&context.paths),
 };
 
 // No `_count` suffix: Prometheus reserves it for histograms and summaries.
@@ -195,10 +195,11 @@ fn count_directories(root: &Path, pending: &mut Vec<PathBuf>) -> Result<u64, Col
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::testing::{TempTree, collect_fixture};
 
     fn collect(tree: &TempTree) -> (MetricSet, Result<(), CollectError>) {
-        let mut cgroups = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut cgroups = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let mut set = MetricSet::default();
         let result = cgroups.collect(&mut set);
         (set, result)
@@ -288,7 +289,7 @@ mod tests {
                 "nr_descendants 0\nnr_dying_descendants 0\n",
             ),
         ]);
-        let error = (SPEC.build)(&tree.paths(), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(tree.paths(), Default::default())).err();
         assert!(
             error.as_ref().is_some_and(
                 |e| e.reason.starts_with("no memory cgroup hierarchy: memory is not in ")
@@ -296,14 +297,18 @@ mod tests {
             ),
             "{error:?}"
         );
-        let error = (SPEC.build)(&HostPaths::new("/nonexistent", "/nonexistent"), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(
+            HostPaths::new("/nonexistent", "/nonexistent"),
+            Default::default(),
+        ))
+        .err();
         assert!(error.is_some_and(|e| e.reason.starts_with("no memory cgroup hierarchy")));
     }
 
     #[test]
     fn v1_without_proc_cgroups_means_unavailable() {
         let tree = TempTree::new(&[("sys/fs/cgroup/memory/", "")]);
-        let error = (SPEC.build)(&tree.paths(), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(tree.paths(), Default::default())).err();
         assert!(error.is_some_and(|e| e.reason.starts_with("cgroup v1 without /proc/cgroups: ")));
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Reads nothing, needs nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{CollectorsConfig, Section};
 use crate::error::{CollectError, Unavailable};
+use crate::facts::HostFacts;
 use crate::paths::HostPaths;
 use crate::sample::MetricSet;
 
@@ -30,9 +32,30 @@ pub struct CollectorSpec {
     pub build: Build,
 }
 
-/// What [`CollectorSpec::build`] is: host roots and config in, a collector or the
-/// reason it cannot run out.
-pub type Build = fn(&HostPaths, &CollectorsConfig) -> Result<Box<dyn Collector>, Unavailable>;
+/// What [`CollectorSpec::build`] is: the context in, a collector or the reason
+/// it cannot run out.
+pub type Build = fn(&Context) -> Result<Box<dyn Collector>, Unavailable>;
+
+/// Everything a collector is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Where procfs and sysfs are.
+    pub paths: HostPaths,
+    pub config: Arc<CollectorsConfig>,
+    /// What other collectors learned about the host; shared by all of them.
+    pub facts: Arc<HostFacts>,
+}
+
+impl Context {
+    /// A context with fresh facts, for `hostwatch collectors` and tests.
+    pub fn new(paths: HostPaths, config: CollectorsConfig) -> Self {
+        Self {
+            paths,
+            config: Arc::new(config),
+            facts: Arc::default(),
+        }
+    }
+}
 
 /// A collector's effective schedule once config and defaults are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

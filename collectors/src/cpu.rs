@@ -28,7 +28,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "procfs: /proc/stat",
     default_interval: Duration::from_secs(1),
     section: |config| &config.cpu,
-    build: |paths, _| Ok(Box::new(Cpu::new(paths)?)),
+    build: |context| Ok(Box::new(Cpu::new(&context.paths)?)),
 };
 
 static SECONDS: Desc = Desc::counter(
@@ -126,6 +126,7 @@ fn single(out: &mut MetricSet, desc: &'static Desc, field: Option<&str>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::testing::{collect_fixture, fixture_paths};
 
     #[test]
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn garbage_is_a_parse_error() {
-        let mut cpu = (SPEC.build)(&fixture_paths("garbage"), &Default::default()).expect("build");
+        let mut cpu = (SPEC.build)(&Context::new(fixture_paths("garbage"), Default::default())).expect("build");
         let mut out = MetricSet::default();
         let error = cpu.collect(&mut out).expect_err("garbage must fail");
         assert_eq!(error.kind(), "parse");
@@ -156,7 +157,11 @@ mod tests {
 
     #[test]
     fn missing_file_means_unavailable() {
-        let error = (SPEC.build)(&HostPaths::new("/nonexistent", "/nonexistent"), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(
+            HostPaths::new("/nonexistent", "/nonexistent"),
+            Default::default(),
+        ))
+        .err();
         assert!(error.is_some_and(|e| e.reason.starts_with("no kernel statistics: /nonexistent/stat")));
     }
 }

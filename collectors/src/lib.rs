@@ -10,6 +10,7 @@
 pub mod collector;
 pub mod config;
 pub mod error;
+pub mod facts;
 pub mod paths;
 pub mod procfile;
 pub mod sample;
@@ -24,7 +25,7 @@ pub mod process;
 #[cfg(test)]
 mod testing;
 
-pub use collector::{Collector, CollectorSpec, Plan};
+pub use collector::{Collector, CollectorSpec, Context, Plan};
 pub use config::CollectorsConfig;
 pub use error::{CollectError, Unavailable};
 pub use paths::HostPaths;

@@ -31,7 +31,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "procfs: /proc/meminfo",
     default_interval: Duration::from_secs(1),
     section: |config| &config.memory,
-    build: |paths, _| Ok(Box::new(Memory::new(paths)?)),
+    build: |context| Ok(Box::new(Memory::new(&context.paths)?)),
 };
 
 /// The exported fields: the `/proc/meminfo` name and the gauge it becomes.
@@ -248,6 +248,7 @@ fn field(out: &mut MetricSet, line: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::testing::{TempTree, collect_fixture};
 
     #[test]
@@ -295,7 +296,7 @@ mod tests {
             "MemTotal:        1015024 kB\nMemFree:          151564 kB\nBuffers:           19508 kB\n\
              Cached:           436784 kB\nHugePages_Total:       0\nHugepagesize:       2048 kB\n",
         )]);
-        let mut memory = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut memory = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let mut set = MetricSet::default();
         memory.collect(&mut set).expect("collects");
         assert_eq!(set.get("hostwatch_memory_total_bytes", &[]), Some(1_015_024.0 * 1024.0));
@@ -325,7 +326,7 @@ mod tests {
             ),
         ] {
             let tree = TempTree::new(&[("proc/meminfo", text)]);
-            let mut memory = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+            let mut memory = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
             let mut set = MetricSet::default();
             let error = memory.collect(&mut set).expect_err("must fail").to_string();
             assert!(error.ends_with(&format!("meminfo line 3: {reason}")), "{error}");
@@ -336,7 +337,11 @@ mod tests {
 
     #[test]
     fn missing_file_means_unavailable() {
-        let error = (SPEC.build)(&HostPaths::new("/nonexistent", "/nonexistent"), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(
+            HostPaths::new("/nonexistent", "/nonexistent"),
+            Default::default(),
+        ))
+        .err();
         assert!(error.is_some_and(|e| e.reason.starts_with("no memory statistics: /nonexistent/meminfo")));
     }
 }

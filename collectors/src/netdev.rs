@@ -50,7 +50,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "procfs: /proc/net/{dev,snmp,softnet_stat} (host network namespace)",
     default_interval: Duration::from_secs(1),
     section: |config| &config.netdev,
-    build: |paths, config| Ok(Box::new(NetDev::new(paths, &config.netdev)?)),
+    build: |context| Ok(Box::new(NetDev::new(&context.paths, &context.config.netdev)?)),
 };
 
 static RECEIVE_BYTES: Desc = Desc::counter(
@@ -297,6 +297,7 @@ fn parse_hex(field: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::config::CollectorsConfig;
     use crate::testing::{TempTree, collect_fixture, collect_fixture_with};
 
@@ -456,7 +457,7 @@ mod tests {
             ("proc/net/snmp", "Tcp: OutSegs RetransSegs\nTcp: 10 2\n"),
             ("proc/net/softnet_stat", "0000000b 00000001 00000002\n"),
         ]);
-        let mut netdev = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut netdev = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let mut set = MetricSet::default();
         let error = netdev.collect(&mut set).expect_err("must fail").to_string();
         assert!(
@@ -488,7 +489,7 @@ mod tests {
     #[test]
     fn truncated_dev_line_is_a_parse_error() {
         let tree = TempTree::new(&[("proc/net/dev", &format!("{DEV_HEADER}  eth0: 1 2 3\n"))]);
-        let mut netdev = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut netdev = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let error = netdev
             .collect(&mut MetricSet::default())
             .expect_err("must fail")
@@ -502,13 +503,17 @@ mod tests {
             "proc/net/dev",
             &format!("{DEV_HEADER}    lo: 1 2 0 0 0 0 0 0 3 4 0 0 0 0 0 0\n"),
         )]);
-        let mut netdev = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut netdev = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let mut set = MetricSet::default();
         netdev.collect(&mut set).expect("collects");
         assert_eq!(set.get("hostwatch_net_receive_bytes_total", &["lo"]), Some(1.0));
         assert_eq!(set.get("hostwatch_tcp_sent_segments_total", &[]), None);
 
-        let error = (SPEC.build)(&HostPaths::new("/nonexistent", "/nonexistent"), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(
+            HostPaths::new("/nonexistent", "/nonexistent"),
+            Default::default(),
+        ))
+        .err();
         assert!(error.is_some_and(|e| {
             e.reason
                 .starts_with("no network device statistics: /nonexistent/net/dev")

@@ -33,7 +33,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "procfs: /proc/pressure/{cpu,memory,io} (kernel 4.20+ with PSI enabled)",
     default_interval: Duration::from_secs(1),
     section: |config| &config.pressure,
-    build: |paths, _| Ok(Box::new(Pressure::new(paths)?)),
+    build: |context| Ok(Box::new(Pressure::new(&context.paths)?)),
 };
 
 static STALLED: Desc = Desc::counter(
@@ -106,6 +106,7 @@ fn stall_line(out: &mut MetricSet, resource: &str, line: &str) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Context;
     use crate::testing::{TempTree, collect_fixture};
 
     const STALLED_NAME: &str = "hostwatch_pressure_stalled_seconds_total";
@@ -139,7 +140,7 @@ mod tests {
     #[test]
     fn cpu_without_full_line_before_5_13() {
         let tree = psi_tree("some avg10=1.00 avg60=0.50 avg300=0.10 total=1500000\n");
-        let mut pressure = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+        let mut pressure = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
         let mut set = MetricSet::default();
         pressure.collect(&mut set).expect("collects");
         assert_eq!(set.get(STALLED_NAME, &["cpu", "some"]), Some(1.5));
@@ -161,7 +162,7 @@ mod tests {
             ),
         ] {
             let tree = psi_tree(cpu);
-            let mut pressure = (SPEC.build)(&tree.paths(), &Default::default()).expect("build");
+            let mut pressure = (SPEC.build)(&Context::new(tree.paths(), Default::default())).expect("build");
             let mut set = MetricSet::default();
             let error = pressure.collect(&mut set).expect_err("must fail").to_string();
             assert!(error.ends_with(&format!("pressure/cpu line 2: {reason}")), "{error}");
@@ -173,7 +174,11 @@ mod tests {
 
     #[test]
     fn kernel_without_psi_means_unavailable() {
-        let error = (SPEC.build)(&HostPaths::new("/nonexistent", "/nonexistent"), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(
+            HostPaths::new("/nonexistent", "/nonexistent"),
+            Default::default(),
+        ))
+        .err();
         assert!(error.is_some_and(|e| e.reason.starts_with(NO_PSI) && e.reason.contains("/nonexistent/pressure/cpu")),);
     }
 
@@ -186,7 +191,7 @@ mod tests {
             ("proc/pressure/memory/", ""),
             ("proc/pressure/io", "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n"),
         ]);
-        let error = (SPEC.build)(&tree.paths(), &Default::default()).err();
+        let error = (SPEC.build)(&Context::new(tree.paths(), Default::default())).err();
         assert!(
             error
                 .as_ref()

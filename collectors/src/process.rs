@@ -30,7 +30,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
     needs: "procfs: /proc/self (the agent's own process)",
     default_interval: Duration::from_secs(1),
     section: |config| &config.process,
-    build: |_, _| Ok(Box::new(SelfProcess::new()?)),
+    build: |_| Ok(Box::new(SelfProcess::new()?)),
 };
 
 static CPU: Desc = Desc::counter(
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn reports_this_process() {
-        let mut collector = (SPEC.build)(&Default::default(), &Default::default()).expect("procfs is mounted");
+        let mut collector = (SPEC.build)(&Default::default()).expect("procfs is mounted");
         let mut set = MetricSet::default();
         collector.collect(&mut set).expect("collects");
         assert!(

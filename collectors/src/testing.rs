@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::collector::CollectorSpec;
+use crate::collector::{CollectorSpec, Context};
 use crate::config::CollectorsConfig;
 use crate::paths::HostPaths;
 use crate::sample::MetricSet;
@@ -27,7 +27,8 @@ pub fn collect_fixture(spec: &CollectorSpec, name: &str) -> MetricSet {
 }
 
 pub fn collect_fixture_with(spec: &CollectorSpec, name: &str, config: &CollectorsConfig) -> MetricSet {
-    let mut collector = (spec.build)(&fixture_paths(name), config).expect("collector builds on the fixture");
+    let mut collector =
+        (spec.build)(&Context::new(fixture_paths(name), config.clone())).expect("collector builds on the fixture");
     let mut set = MetricSet::default();
     collector.collect(&mut set).expect("collection succeeds on the fixture");
     set

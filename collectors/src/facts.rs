@@ -1,0 +1,49 @@
+//! Facts one collector learns about the host that others use: today the EC2
+//! instance identity and its network baseline (from the `instance` collector),
+//! read by `headroom` and, later, the microburst detector and the shaper.
+//!
+//! Reads nothing, needs nothing. Shared through [`crate::Context`]; outlives
+//! config reloads so a reload does not forget what IMDS said.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// The instance's identity as IMDS reports it, and its network allowance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub instance_type: String,
+    pub availability_zone: String,
+    pub instance_id: String,
+}
+
+/// The instance's network bandwidth allowance, in bits per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkBaseline {
+    /// Sustained bandwidth (EC2 `BaselineBandwidthInGbps`).
+    pub baseline_bps: f64,
+    /// The "up to" figure of burstable sizes, reachable for minutes on credits.
+    pub burst_bps: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct HostFacts {
+    instance: RwLock<Option<Arc<Instance>>>,
+    baseline: RwLock<Option<NetworkBaseline>>,
+}
+
+impl HostFacts {
+    pub fn instance(&self) -> Option<Arc<Instance>> {
+        self.instance.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set_instance(&self, instance: Option<Arc<Instance>>) {
+        *self.instance.write().unwrap_or_else(PoisonError::into_inner) = instance;
+    }
+
+    pub fn network_baseline(&self) -> Option<NetworkBaseline> {
+        *self.baseline.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_network_baseline(&self, baseline: Option<NetworkBaseline>) {
+        *self.baseline.write().unwrap_or_else(PoisonError::into_inner) = baseline;
+    }
+}
