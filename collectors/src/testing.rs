@@ -100,7 +100,7 @@ pub fn assert_golden(name: &str, set: &MetricSet) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         fs::write(&path, &actual).expect("write golden file");
     }
-    let expected = fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
+    let expected =
+        fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
     assert_eq!(actual, expected, "output differs from {}", path.display());
 }
