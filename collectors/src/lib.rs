@@ -7,11 +7,13 @@
 //! `/proc/PID/smaps` or `smaps_rollup`: the kernel walks page tables under the
 //! target's mmap_lock for that, which stalls it (see DESIGN.md).
 
+pub mod bpf;
 pub mod collector;
 pub mod config;
 pub mod error;
 pub mod facts;
 pub mod paths;
+pub mod process_label;
 pub mod procfile;
 pub mod sample;
 
