@@ -17,6 +17,7 @@ pub mod sample;
 
 pub mod cgroups;
 pub mod cpu;
+pub mod instance_types;
 pub mod memory;
 pub mod netdev;
 pub mod pressure;
