@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, instance, memory, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -22,6 +22,7 @@ pub struct CollectorsConfig {
     pub cgroups: cgroups::Config,
     pub netdev: netdev::Config,
     pub process: process::Config,
+    pub instance: instance::Config,
 }
 
 /// The schedule keys every collector section has.

@@ -17,6 +17,7 @@ pub mod sample;
 
 pub mod cgroups;
 pub mod cpu;
+pub mod instance;
 pub mod instance_types;
 pub mod memory;
 pub mod netdev;
@@ -41,6 +42,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &cgroups::SPEC,
     &netdev::SPEC,
     &process::SPEC,
+    &instance::SPEC,
 ];
 
 /// The collector named `name`.
