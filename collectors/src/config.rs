@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, instance, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, headroom, instance, memory, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -23,6 +23,7 @@ pub struct CollectorsConfig {
     pub netdev: netdev::Config,
     pub process: process::Config,
     pub instance: instance::Config,
+    pub headroom: headroom::Config,
 }
 
 /// The schedule keys every collector section has.

@@ -17,6 +17,7 @@ pub mod sample;
 
 pub mod cgroups;
 pub mod cpu;
+pub mod headroom;
 pub mod instance;
 pub mod instance_types;
 pub mod memory;
@@ -43,6 +44,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &netdev::SPEC,
     &process::SPEC,
     &instance::SPEC,
+    &headroom::SPEC,
 ];
 
 /// The collector named `name`.
