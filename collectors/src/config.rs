@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, headroom, instance, memory, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -22,6 +22,8 @@ pub struct CollectorsConfig {
     pub cgroups: cgroups::Config,
     pub netdev: netdev::Config,
     pub ethtool: ethtool::Config,
+    pub instance: instance::Config,
+    pub headroom: headroom::Config,
     pub process: process::Config,
 }
 

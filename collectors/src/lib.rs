@@ -20,6 +20,9 @@ pub mod sample;
 pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
+pub mod headroom;
+pub mod instance;
+pub mod instance_types;
 pub mod memory;
 pub mod netdev;
 pub mod pressure;
@@ -43,6 +46,8 @@ pub static ALL: &[&CollectorSpec] = &[
     &cgroups::SPEC,
     &netdev::SPEC,
     &ethtool::SPEC,
+    &instance::SPEC,
+    &headroom::SPEC,
     &process::SPEC,
 ];
 
