@@ -68,7 +68,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_connections: Bounded(512),
-            header_timeout: Interval::parse("5s").unwrap_or_else(|_| unreachable!("5s is within bounds")),
+            header_timeout: Interval::from_secs(5),
             max_header_bytes: Bounded(16384),
         }
     }

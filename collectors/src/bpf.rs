@@ -72,3 +72,13 @@ pub fn unavailable(error: Error) -> Unavailable {
         Unavailable::new(error.to_string())
     }
 }
+
+/// Milliseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
+#[allow(unsafe_code)]
+pub fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to write; CLOCK_MONOTONIC
+    // exists on every Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1000 + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}

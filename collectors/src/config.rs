@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, headroom, instance, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, headroom, instance, memory, netburst, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -24,6 +24,7 @@ pub struct CollectorsConfig {
     pub ethtool: ethtool::Config,
     pub instance: instance::Config,
     pub headroom: headroom::Config,
+    pub netburst: netburst::Config,
     pub process: process::Config,
 }
 
@@ -101,6 +102,12 @@ impl Interval {
 
     pub fn get(self) -> Duration {
         self.0
+    }
+
+    /// A default written in code; `secs` must lie within the bounds.
+    pub const fn from_secs(secs: u64) -> Self {
+        assert!(secs >= 1 && secs <= 3600, "interval out of bounds");
+        Self(Duration::from_secs(secs))
     }
 }
 

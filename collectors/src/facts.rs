@@ -1,10 +1,14 @@
 //! Facts one collector learns about the host that others use: today the EC2
 //! instance identity and its network baseline (from the `instance` collector),
-//! read by `headroom` and, later, the microburst detector and the shaper.
+//! read by `headroom`, the microburst detector and, later, the shaper; the
+//! ENA allowance drops `ethtool` saw; and the JSON documents collectors
+//! publish for the agent's `/debug/...` endpoints.
 //!
 //! Reads nothing, needs nothing. Shared through [`crate::Context`]; outlives
 //! config reloads so a reload does not forget what IMDS said.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// The instance's identity as IMDS reports it, and its network allowance.
@@ -28,6 +32,11 @@ pub struct NetworkBaseline {
 pub struct HostFacts {
     instance: RwLock<Option<Arc<Instance>>>,
     baseline: RwLock<Option<NetworkBaseline>>,
+    /// Sum of the ENA allowance-exceeded counters of every interface, from
+    /// `ethtool`: the flight recorder records when it rises.
+    allowance_exceeded: AtomicU64,
+    /// JSON documents served at `GET /debug/<name>`, published by collectors.
+    debug: RwLock<BTreeMap<&'static str, Arc<str>>>,
 }
 
 impl HostFacts {
@@ -45,5 +54,22 @@ impl HostFacts {
 
     pub fn set_network_baseline(&self, baseline: Option<NetworkBaseline>) {
         *self.baseline.write().unwrap_or_else(PoisonError::into_inner) = baseline;
+    }
+
+    pub fn allowance_exceeded(&self) -> u64 {
+        self.allowance_exceeded.load(Ordering::Relaxed)
+    }
+
+    pub fn set_allowance_exceeded(&self, total: u64) {
+        self.allowance_exceeded.store(total, Ordering::Relaxed);
+    }
+
+    /// Publishes `json` as the document `GET /debug/<name>` serves.
+    pub fn set_debug(&self, name: &'static str, json: Arc<str>) {
+        self.debug.write().unwrap_or_else(PoisonError::into_inner).insert(name, json);
+    }
+
+    pub fn debug(&self, name: &str) -> Option<Arc<str>> {
+        self.debug.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
     }
 }

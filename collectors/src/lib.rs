@@ -24,6 +24,7 @@ pub mod headroom;
 pub mod instance;
 pub mod instance_types;
 pub mod memory;
+pub mod netburst;
 pub mod netdev;
 pub mod pressure;
 pub mod process;
@@ -48,6 +49,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &ethtool::SPEC,
     &instance::SPEC,
     &headroom::SPEC,
+    &netburst::SPEC,
     &process::SPEC,
 ];
 

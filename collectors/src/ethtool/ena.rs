@@ -177,8 +177,9 @@ pub struct Ena {
 }
 
 impl Ena {
-    /// Takes in a new read of `stats` and writes the ENA series of `interface`.
-    pub fn collect(&mut self, interface: &str, stats: &Stats, per_queue: bool, out: &mut MetricSet) {
+    /// Takes in a new read of `stats` and writes the ENA series of
+    /// `interface`; returns the sum of its allowance-exceeded totals.
+    pub fn collect(&mut self, interface: &str, stats: &Stats, per_queue: bool, out: &mut MetricSet) -> u64 {
         if self.generation != Some(stats.generation) {
             self.layout = Layout::resolve(&stats.names);
             self.generation = Some(stats.generation);
@@ -256,6 +257,7 @@ impl Ena {
                 out.push(&QUEUE_STAT, &[interface, queue, statistic], stats.values[*index] as f64);
             }
         }
+        self.totals[..ALLOWANCES.len()].iter().sum()
     }
 }
 

@@ -19,6 +19,7 @@ mod ena;
 mod ioctl;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::debug;
@@ -28,6 +29,7 @@ use self::ena::Ena;
 use crate::collector::{Collector, CollectorSpec, Context};
 use crate::config::{Pattern, Selector, collector_section};
 use crate::error::{CollectError, Unavailable};
+use crate::facts::HostFacts;
 use crate::sample::{Desc, MetricSet};
 
 collector_section! {
@@ -91,6 +93,7 @@ struct Ethtool {
     raw_stats: Option<Pattern>,
     interfaces: Vec<Interface>,
     listing: Vec<(String, bool)>,
+    facts: Arc<HostFacts>,
 }
 
 impl Ethtool {
@@ -129,6 +132,7 @@ impl Ethtool {
             raw_stats: config.raw_stats.clone(),
             interfaces: Vec::new(),
             listing: Vec::new(),
+            facts: Arc::clone(&context.facts),
         })
     }
 }
@@ -141,6 +145,7 @@ impl Collector for Ethtool {
             interface.listed = false;
         }
         let mut first_error = None;
+        let mut allowance_exceeded = 0;
         for (name, has_device) in &self.listing {
             if (self.select_devices && !has_device) || !self.selector.selects(name) {
                 continue;
@@ -171,7 +176,7 @@ impl Collector for Ethtool {
             interface.rejected += interface.stats.rejected;
             out.push(&REJECTED, &[name], interface.rejected as f64);
             if interface.stats.driver == "ena" {
-                interface.ena.collect(name, &interface.stats, self.per_queue, out);
+                allowance_exceeded += interface.ena.collect(name, &interface.stats, self.per_queue, out);
             }
             if let Some(pattern) = &self.raw_stats {
                 if interface.raw_generation != Some(interface.stats.generation) {
@@ -197,6 +202,7 @@ impl Collector for Ethtool {
             }
         }
         self.interfaces.retain(|interface| interface.listed);
+        self.facts.set_allowance_exceeded(allowance_exceeded);
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -1,0 +1,89 @@
+//! Where the netburst collector's counts come from: the netburst BPF program
+//! (real), or an in-memory stand-in for tests.
+//!
+//! The BPF backend needs root (CAP_BPF, CAP_PERFMON) and kernel BTF; it
+//! attaches `tp_btf/net_dev_xmit` and `tp_btf/netif_receive_skb`, which stay
+//! attached as long as the backend lives.
+
+use std::io;
+use std::path::PathBuf;
+
+use aya::Ebpf;
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use hostwatch_ebpf::maps::{NetIface, NetOwner, NetRing};
+
+use crate::bpf::{Hook, load_and_attach, monotonic_ms};
+use crate::error::{CollectError, Unavailable};
+
+pub trait Backend: Send {
+    /// Starts counting `iface` under `id`.
+    fn watch(&mut self, iface: NetIface, id: u32) -> Result<(), CollectError>;
+    fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError>;
+    /// Each CPU's ring of `series` (`id * 2 + direction`).
+    fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError>;
+    /// Egress bytes by sender since counting began (summed over CPUs).
+    fn owners(&mut self, out: &mut Vec<(NetOwner, u64)>) -> Result<(), CollectError>;
+    /// The current millisecond on the clock the rings are stamped with.
+    fn now_ms(&self) -> u64;
+}
+
+fn map_error(map: &str, error: impl std::error::Error + Send + Sync + 'static) -> CollectError {
+    CollectError::Io { path: PathBuf::from(format!("BPF map {map}")), source: io::Error::other(error) }
+}
+
+pub struct BpfBackend {
+    /// Holds the programs' links: dropping it detaches them.
+    _ebpf: Ebpf,
+    ids: HashMap<MapData, NetIface, u32>,
+    rings: PerCpuArray<MapData, NetRing>,
+    owners: PerCpuHashMap<MapData, NetOwner, u64>,
+}
+
+impl BpfBackend {
+    pub fn new() -> Result<Self, Unavailable> {
+        let mut ebpf = load_and_attach(
+            &hostwatch_ebpf::NETBURST,
+            &[("hw_net_xmit", Hook::BtfTracePoint("net_dev_xmit")), ("hw_net_receive", Hook::BtfTracePoint("netif_receive_skb"))],
+        )?;
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Unavailable::new(format!("BPF object netburst has no map {name}")));
+        let (ids, rings, owners) = (take("net_iface_ids")?, take("net_rings")?, take("net_owner_bytes")?);
+        let typed = |error: aya::maps::MapError| Unavailable::new(format!("netburst maps: {error}"));
+        Ok(Self {
+            ids: HashMap::try_from(ids).map_err(typed)?,
+            rings: PerCpuArray::try_from(rings).map_err(typed)?,
+            owners: PerCpuHashMap::try_from(owners).map_err(typed)?,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+impl Backend for BpfBackend {
+    fn watch(&mut self, iface: NetIface, id: u32) -> Result<(), CollectError> {
+        self.ids.insert(iface, id, 0).map_err(|e| map_error("net_iface_ids", e))
+    }
+
+    fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError> {
+        self.ids.remove(&iface).map_err(|e| map_error("net_iface_ids", e))
+    }
+
+    fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError> {
+        let per_cpu = self.rings.get(&series, 0).map_err(|e| map_error("net_rings", e))?;
+        out.clear();
+        out.extend(per_cpu.iter().copied());
+        Ok(())
+    }
+
+    fn owners(&mut self, out: &mut Vec<(NetOwner, u64)>) -> Result<(), CollectError> {
+        out.clear();
+        for entry in self.owners.iter() {
+            // An entry evicted between the key walk and its lookup is skipped.
+            let Ok((owner, per_cpu)) = entry else { continue };
+            out.push((owner, per_cpu.iter().sum()));
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        monotonic_ms()
+    }
+}

@@ -1,0 +1,190 @@
+//! The netburst collector with a scripted backend: rings written by the test
+//! instead of the kernel. The BPF path itself is tested end to end, as root,
+//! in tests/netburst.rs.
+
+use std::sync::{Arc, Mutex};
+
+use hostwatch_ebpf::maps::{NET_RING, NetOwner};
+
+use super::*;
+use crate::config::CollectorsConfig;
+use crate::testing::TempTree;
+
+#[derive(Default)]
+struct Kernel {
+    now: u64,
+    watched: Vec<(NetIface, u32)>,
+    /// One CPU's ring per series.
+    rings: HashMap<u32, NetRing>,
+    owners: Vec<(NetOwner, u64)>,
+}
+
+#[derive(Clone, Default)]
+struct Scripted(Arc<Mutex<Kernel>>);
+
+impl Backend for Scripted {
+    fn watch(&mut self, iface: NetIface, id: u32) -> Result<(), CollectError> {
+        self.0.lock().unwrap().watched.push((iface, id));
+        Ok(())
+    }
+
+    fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError> {
+        self.0.lock().unwrap().watched.retain(|(i, _)| *i != iface);
+        Ok(())
+    }
+
+    fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError> {
+        let kernel = self.0.lock().unwrap();
+        out.clear();
+        out.push(kernel.rings.get(&series).copied().unwrap_or(NetRing { ms: [0; NET_RING], bytes: [0; NET_RING], packets: [0; NET_RING] }));
+        Ok(())
+    }
+
+    fn owners(&mut self, out: &mut Vec<(NetOwner, u64)>) -> Result<(), CollectError> {
+        out.clone_from(&self.0.lock().unwrap().owners);
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.lock().unwrap().now
+    }
+}
+
+impl Scripted {
+    fn at(&self, now: u64) {
+        self.0.lock().unwrap().now = now;
+    }
+
+    /// Counts `bytes` on `series` in millisecond `ms`.
+    fn send(&self, series: u32, ms: u64, bytes: u64) {
+        let mut kernel = self.0.lock().unwrap();
+        let ring = kernel.rings.entry(series).or_insert(NetRing { ms: [0; NET_RING], bytes: [0; NET_RING], packets: [0; NET_RING] });
+        let slot = (ms % NET_RING as u64) as usize;
+        if ring.ms[slot] != ms {
+            ring.ms[slot] = ms;
+            ring.bytes[slot] = 0;
+            ring.packets[slot] = 0;
+        }
+        ring.bytes[slot] += bytes;
+        ring.packets[slot] += 1;
+    }
+}
+
+const TRANSMIT: u32 = 1;
+
+fn host() -> TempTree {
+    TempTree::new(&[("sys/class/net/eth0/device/", ""), ("sys/class/net/eth0/ifindex", "2\n"), ("sys/class/net/lo/ifindex", "1\n")])
+}
+
+fn collector(tree: &TempTree, kernel: &Scripted, edit: impl FnOnce(&mut Config)) -> NetBurst {
+    let mut config = CollectorsConfig::default();
+    config.netburst.threshold = Threshold::parse("1Gbit").unwrap();
+    config.netburst.recordings = tree.root().join("recordings");
+    edit(&mut config.netburst);
+    NetBurst::new(&Context::new(tree.paths(), config), Box::new(kernel.clone())).expect("builds")
+}
+
+fn collect(netburst: &mut NetBurst) -> MetricSet {
+    let mut set = MetricSet::default();
+    netburst.collect(&mut set).expect("collects");
+    set
+}
+
+#[test]
+fn watches_devices_and_finds_a_burst() {
+    let (tree, kernel) = (host(), Scripted::default());
+    let mut netburst = collector(&tree, &kernel, |_| {});
+    kernel.at(10_000);
+    collect(&mut netburst);
+    let watched = kernel.0.lock().unwrap().watched.clone();
+    assert_eq!(watched.len(), 1, "eth0 has a device, lo does not: {watched:?}");
+    assert_eq!(watched[0].0.ifindex, 2);
+
+    // 5 ms at 1.6 Gbit/s against a 1 Gbit/s threshold, inside quiet traffic.
+    for ms in 10_000..10_090 {
+        kernel.send(TRANSMIT, ms, if (10_020..10_025).contains(&ms) { 200_000 } else { 1_000 });
+    }
+    tree.write(&format!("proc/{}/comm", std::process::id()), "backup-agent\n");
+    kernel.0.lock().unwrap().owners = vec![
+        (NetOwner { cgroup: 77, tgid: std::process::id(), series: TRANSMIT }, 1_000_000),
+        (NetOwner { cgroup: 78, tgid: 0, series: TRANSMIT }, 90_000),
+    ];
+    kernel.at(10_100);
+    let set = collect(&mut netburst);
+    assert_eq!(set.get("hostwatch_net_bursts_total", &["eth0", "transmit"]), Some(1.0));
+    assert_eq!(set.get("hostwatch_net_bursts_total", &["eth0", "receive"]), Some(0.0));
+    assert_eq!(set.get("hostwatch_net_peak_rate_bits_per_second", &["eth0", "transmit", "1ms"]), Some(1.6e9));
+    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(1e9));
+    assert_eq!(set.get("hostwatch_net_burst_contributor_bytes_total", &["eth0", "transmit", "cgroup-id:77"]), Some(1e6));
+
+    let events: serde_json::Value = serde_json::from_str(&netburst.facts.debug("bursts").expect("published")).unwrap();
+    assert_eq!(events[0]["duration_ms"], 5);
+    assert_eq!(events[0]["bytes"], 1_000_000);
+    assert_eq!(events[0]["direction"], "transmit");
+    assert_eq!(events[0]["contributors"][0]["pid"], std::process::id());
+    assert_eq!(events[0]["contributors"][0]["bytes"], 1_000_000);
+    assert_eq!(events[0]["contributors"][0]["comm"], "backup-agent");
+    assert_eq!(events[0]["contributors"][1]["cgroup"], "cgroup-id:78");
+
+    let slots: serde_json::Value = serde_json::from_str(&netburst.facts.debug("netslots").expect("published")).unwrap();
+    assert_eq!(slots.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn falling_behind_counts_lost_milliseconds_and_no_burst() {
+    let (tree, kernel) = (host(), Scripted::default());
+    let mut netburst = collector(&tree, &kernel, |_| {});
+    kernel.at(10_000);
+    collect(&mut netburst);
+    // Stopped for 2 s while traffic ran above the threshold throughout.
+    for ms in 10_000..12_000 {
+        kernel.send(TRANSMIT, ms, 500);
+    }
+    kernel.at(12_000);
+    let set = collect(&mut netburst);
+    let lost = set.get("hostwatch_net_slots_lost_total", &["eth0", "transmit"]).unwrap();
+    assert_eq!(lost, (2000 - (NET_RING - 1)) as f64);
+}
+
+#[test]
+fn thresholds_follow_the_baseline_and_overrides() {
+    let (tree, kernel) = (host(), Scripted::default());
+    let mut netburst = collector(&tree, &kernel, |c| {
+        c.threshold = Threshold::parse("50%").unwrap();
+        c.thresholds = vec![ThresholdOverride {
+            interface: Pattern::new("eth0").unwrap(),
+            direction: Some(Direction::Receive),
+            threshold: Threshold::parse("300Mbit").unwrap(),
+        }];
+    });
+    kernel.at(1_000);
+    let set = collect(&mut netburst);
+    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(FALLBACK_THRESHOLD_BITS));
+    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "receive"]), Some(300e6));
+    netburst.facts.set_network_baseline(Some(crate::facts::NetworkBaseline { baseline_bps: 12.5e9, burst_bps: None }));
+    kernel.at(1_100);
+    let set = collect(&mut netburst);
+    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(6.25e9));
+}
+
+#[test]
+fn a_deleted_interface_is_unwatched_and_its_state_dropped() {
+    let (tree, kernel) = (host(), Scripted::default());
+    let mut netburst = collector(&tree, &kernel, |_| {});
+    kernel.at(1_000);
+    collect(&mut netburst);
+    std::fs::remove_dir_all(tree.root().join("sys/class/net/eth0")).unwrap();
+    netburst.scanned = None;
+    kernel.at(1_100);
+    let set = collect(&mut netburst);
+    assert!(kernel.0.lock().unwrap().watched.is_empty());
+    assert_eq!(set.get("hostwatch_net_bursts_total", &["eth0", "transmit"]), None);
+}
+
+#[test]
+fn thresholds_parse_strictly() {
+    assert_eq!(Threshold::parse("100%"), Ok(Threshold::Baseline(1.0)));
+    assert!(Threshold::parse("0%").is_err());
+    assert!(Threshold::parse("2 Gbit").is_err());
+    assert!(matches!(Threshold::parse("2Gbit"), Ok(Threshold::Rate(r)) if r.bits_per_second() == 2e9));
+}
