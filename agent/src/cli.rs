@@ -31,6 +31,24 @@ pub enum Command {
     Validate(ConfigArg),
     /// List collectors: enabled or not, whether they can run here and why not.
     Collectors(RunArgs),
+    /// Live view of a running agent's microburst detector.
+    Bursts(BurstsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BurstsArgs {
+    /// The agent's address.
+    #[arg(long, default_value = "127.0.0.1:9977")]
+    pub agent: SocketAddr,
+    /// Sparkline cells for the last second.
+    #[arg(long, default_value_t = 100)]
+    pub width: usize,
+    /// Print one frame and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// No ANSI colours.
+    #[arg(long)]
+    pub no_color: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hostwatch_collectors::facts::HostFacts;
 use hostwatch_collectors::{ALL, HostPaths};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -46,7 +45,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         paths: args.paths(),
         config,
         listen_override: args.listen,
-        facts: Arc::default(),
     };
     let result = runtime.block_on(daemon.run());
     runtime.shutdown_timeout(BLOCKING_GRACE);
@@ -58,16 +56,14 @@ struct Daemon {
     paths: HostPaths,
     config: Config,
     listen_override: Option<std::net::SocketAddr>,
-    /// What collectors learned about the host; kept across reloads.
-    facts: Arc<HostFacts>,
 }
 
 impl Daemon {
-    fn context(&self) -> hostwatch_collectors::Context {
+    fn context(&self, shared: &Shared) -> hostwatch_collectors::Context {
         hostwatch_collectors::Context {
             paths: self.paths.clone(),
             config: Arc::new(self.config.collectors.clone()),
-            facts: Arc::clone(&self.facts),
+            facts: Arc::clone(&shared.facts),
         }
     }
 
@@ -85,7 +81,7 @@ impl Daemon {
         let shared = Arc::new(Shared::default());
         let mut agent = AgentMetrics::default();
         shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
-        let mut scheduler = Scheduler::start(ALL, &self.context(), &shared);
+        let mut scheduler = Scheduler::start(ALL, &self.context(&shared), &shared);
         info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
 
         tokio::spawn(systemd::supervise(Arc::clone(&shared)));
@@ -153,6 +149,6 @@ impl Daemon {
         self.config.collectors = new.collectors;
         agent.reloads += 1;
         info!(config = %cli::describe(self.path.as_deref()), "config reloaded");
-        Scheduler::start(ALL, &self.context(), shared)
+        Scheduler::start(ALL, &self.context(shared), shared)
     }
 }

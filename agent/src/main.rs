@@ -4,6 +4,7 @@
 //! Runs as any user: collectors that need more report themselves down.
 
 mod agent_metrics;
+mod bursts_view;
 mod cli;
 mod config;
 mod daemon;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Run(args) => daemon::run(args),
         Command::Validate(args) => return cli::validate(&args),
         Command::Collectors(args) => cli::collectors(&args),
+        Command::Bursts(args) => bursts_view::run(args.agent, args.width, args.once, !args.no_color),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and `/debug/<name>`
+//! for the JSON documents collectors publish (`bursts`, `netslots`, `recordings`).
 //!
 //! Reads only the [`Store`]; needs a listening socket. Bounded against slow and
 //! greedy clients: a header read timeout (slowloris), a maximum request head,
@@ -93,7 +94,8 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 
 fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    let debug = path.strip_prefix("/debug/").and_then(|name| shared.facts.debug(name));
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") && debug.is_none() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -107,7 +109,8 @@ fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" if shared.is_ready() => plain(StatusCode::OK, "ready\n"),
         "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "first collection not done\n"),
-        _ => metrics(request, shared),
+        "/metrics" => metrics(request, shared),
+        _ => json(debug.unwrap_or_default()),
     }
 }
 
@@ -133,6 +136,15 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")
         }
     }
+}
+
+/// A document a collector published for `/debug/<name>`.
+fn json(document: Arc<str>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(document.as_bytes().to_vec())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -69,9 +69,14 @@ impl CollectorSpec {
     pub fn plan(&self, config: &CollectorsConfig) -> Plan {
         let schedule = (self.section)(config).schedule();
         let interval = schedule.interval.map_or(self.default_interval, |i| i.get());
-        // A collection that takes longer than its interval is already late, so
-        // the interval is the natural default bound.
-        let timeout = schedule.timeout.map_or(interval, |t| t.get());
+        // A collection that takes longer than its interval is already late,
+        // so the interval is the natural bound, but never under a second:
+        // a first attempt also builds the collector (loading BPF programs
+        // takes a few hundred milliseconds), and one slow tick on a busy
+        // host is not a fault worth counting.
+        let timeout = schedule
+            .timeout
+            .map_or(interval.max(Duration::from_secs(1)), |t| t.get());
         Plan {
             enabled: schedule.enabled,
             interval,

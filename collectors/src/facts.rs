@@ -66,10 +66,17 @@ impl HostFacts {
 
     /// Publishes `json` as the document `GET /debug/<name>` serves.
     pub fn set_debug(&self, name: &'static str, json: Arc<str>) {
-        self.debug.write().unwrap_or_else(PoisonError::into_inner).insert(name, json);
+        self.debug
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, json);
     }
 
     pub fn debug(&self, name: &str) -> Option<Arc<str>> {
-        self.debug.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+        self.debug
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 }

@@ -1135,7 +1135,7 @@ mod tests {
             overrides.resolve(Some("m6i.large")),
             Figures {
                 baseline: Some((0.781e9, Source::Table)),
-                burst: Some((20e9, Source::Config)),
+                burst: Some((20e9, Source::Config))
             }
         );
         assert_eq!(

@@ -4,8 +4,9 @@
  * and per millisecond, in per-CPU rings that the agent folds several times a
  * second. Constant work per packet, no per-packet event to userspace.
  *
- * Hooks: tp_btf/net_dev_xmit (egress, the device from the BTF argument: the
- * classic tracepoint misattributes veth traffic) and tp_btf/netif_receive_skb
+ * Hooks: tp_btf/net_dev_xmit (egress counts, the device from the BTF
+ * argument: the classic tracepoint misattributes veth traffic),
+ * tp_btf/net_dev_start_xmit (egress senders) and tp_btf/netif_receive_skb
  * (ingress). Needs BTF and CAP_BPF + CAP_PERFMON.
  */
 #include "vmlinux.h"
@@ -72,13 +73,24 @@ static __always_inline void count(__u32 series, __u32 len)
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(hw_net_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 {
+	/* Counted here, after the driver accepted the packet (rc 0): a packet
+	 * the driver pushes back is requeued and would count twice earlier. The
+	 * skb itself may already be consumed: use only `len` and `dev`. */
 	__u32 series;
 	if (rc != 0 || series_of(dev, HW_NET_TRANSMIT, &series))
 		return 0;
 	count(series, len);
+	return 0;
+}
 
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
+{
+	/* Attributed here, before the driver takes the skb: its socket is
+	 * still attached. */
+	__u32 series;
 	struct sock *sk = BPF_CORE_READ(skb, sk);
-	if (!sk)
+	if (!sk || series_of(dev, HW_NET_TRANSMIT, &series))
 		return 0;
 	/* The socket's cgroup is the sender's, always. The task on CPU is the
 	 * sender when the stack transmits in process context (most sends);
@@ -89,12 +101,12 @@ int BPF_PROG(hw_net_xmit, struct sk_buff *skb, int rc, struct net_device *dev, u
 		.tgid = bpf_get_current_pid_tgid() >> 32,
 		.series = series,
 	};
+	__u64 len = BPF_CORE_READ(skb, len);
 	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
 	if (bytes) {
 		*bytes += len;
 	} else {
-		__u64 first = len;
-		bpf_map_update_elem(&net_owner_bytes, &owner, &first, BPF_NOEXIST);
+		bpf_map_update_elem(&net_owner_bytes, &owner, &len, BPF_NOEXIST);
 	}
 	return 0;
 }

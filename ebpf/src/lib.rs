@@ -72,10 +72,30 @@ impl Error {
     }
 
     /// Whether the failure means "not allowed here" (not root, no CAP_BPF)
-    /// rather than a broken program.
+    /// rather than a broken program: an EPERM or EACCES anywhere in its causes.
     pub fn is_permission(&self) -> bool {
-        let text = format!("{self:#}").to_lowercase();
-        text.contains("operation not permitted") || text.contains("permission denied")
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(libc_eperm::EPERM | libc_eperm::EACCES))
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
+    /// The message with every cause, on one line.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            cause = error.source();
+        }
+        text
     }
 }
 
@@ -85,6 +105,12 @@ pub fn load(object: &Object) -> Result<Ebpf, Error> {
         object: object.name,
         source,
     })
+}
+
+/// errno values, without a libc dependency for two constants.
+mod libc_eperm {
+    pub const EPERM: i32 = 1;
+    pub const EACCES: i32 = 13;
 }
 
 #[cfg(test)]
@@ -98,7 +124,7 @@ mod tests {
         let object = aya_obj::Object::parse(NETBURST.bytes).expect("netburst parses");
         let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
         programs.sort_unstable();
-        assert_eq!(programs, ["hw_net_receive", "hw_net_xmit"]);
+        assert_eq!(programs, ["hw_net_owner", "hw_net_receive", "hw_net_xmit"]);
         let mut maps: Vec<&str> = object
             .maps
             .keys()

@@ -84,13 +84,17 @@ impl Agent {
         command
             .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args);
-        command
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env("HOSTWATCH_LOG", "debug");
+        command.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
         for (key, value) in env {
             command.env(key, value);
         }
+        Self::from_command(command)
+    }
+
+    /// Runs `command`, which must start the agent with `--listen` on port 0
+    /// and JSON logs (through a wrapper like setpriv, say).
+    pub fn from_command(mut command: Command) -> Self {
+        command.env("HOSTWATCH_LOG", "debug");
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -281,5 +285,5 @@ pub fn require_program(name: &str) -> PathBuf {
             return path;
         }
     }
-    panic!("{name} is not installed: run packaging/install-test-deps.sh (see README)");
+    panic!("{name} is not installed: run packaging/install-deps.sh --test (see README)");
 }

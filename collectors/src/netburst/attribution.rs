@@ -42,15 +42,24 @@ struct CgroupPaths {
 impl CgroupPaths {
     fn new(paths: &HostPaths) -> Self {
         let unified = paths.sys("fs/cgroup");
-        let root = [unified.clone(), unified.join("unified")].into_iter().find(|dir| dir.join("cgroup.controllers").exists());
-        Self { root, by_id: HashMap::new(), walked: None }
+        let root = [unified.clone(), unified.join("unified")]
+            .into_iter()
+            .find(|dir| dir.join("cgroup.controllers").exists());
+        Self {
+            root,
+            by_id: HashMap::new(),
+            walked: None,
+        }
     }
 
     fn path(&mut self, id: u64) -> String {
         if !self.by_id.contains_key(&id) && self.walked.is_none_or(|at| at.elapsed() >= REWALK) {
             self.walk();
         }
-        self.by_id.get(&id).cloned().unwrap_or_else(|| format!("cgroup-id:{id}"))
+        self.by_id
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("cgroup-id:{id}"))
     }
 
     /// A cgroup v2 id is its directory's inode number.
@@ -60,11 +69,20 @@ impl CgroupPaths {
         self.by_id.clear();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(metadata) = std::fs::metadata(&dir) else { continue };
-            let relative = dir.strip_prefix(&root).map_or_else(|_| String::from("/"), |r| format!("/{}", r.display()));
+            let Ok(metadata) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = dir
+                .strip_prefix(&root)
+                .map_or_else(|_| String::from("/"), |r| format!("/{}", r.display()));
             self.by_id.insert(metadata.ino(), relative);
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
 }
@@ -73,8 +91,13 @@ impl CgroupPaths {
 pub struct Attribution {
     previous: HashMap<NetOwner, u64>,
     current: Vec<(NetOwner, u64)>,
-    /// Bytes per owner since the last fold.
+    /// Bytes per owner in the last two folds. A burst is seen to end only
+    /// when the millisecond after it is folded, which can be one fold after
+    /// its bytes were read: two folds cover it.
     deltas: Vec<(NetOwner, u64)>,
+    /// The last fold's share of `deltas`, and the one before.
+    last: Vec<(NetOwner, u64)>,
+    prior: Vec<(NetOwner, u64)>,
     cgroups: CgroupPaths,
     procfs: PathBuf,
 }
@@ -85,20 +108,36 @@ impl Attribution {
             previous: HashMap::new(),
             current: Vec::new(),
             deltas: Vec::new(),
+            last: Vec::new(),
+            prior: Vec::new(),
             cgroups: CgroupPaths::new(paths),
             procfs: paths.procfs().to_path_buf(),
         }
     }
 
-    /// Reads the owner map and keeps what each owner sent since the last call.
+    /// Reads the owner map and keeps what each owner sent in this and the
+    /// previous interval.
     pub fn update(&mut self, backend: &mut dyn Backend) -> Result<(), CollectError> {
         backend.owners(&mut self.current)?;
-        self.deltas.clear();
+        self.prior.clear();
+        self.prior.append(&mut self.last);
+        self.deltas.clone_from(&self.prior);
         for (owner, total) in &self.current {
             // An owner evicted from the LRU map and seen again starts over.
-            let before = self.previous.get(owner).copied().filter(|before| before <= total).unwrap_or(0);
+            let before = self
+                .previous
+                .get(owner)
+                .copied()
+                .filter(|before| before <= total)
+                .unwrap_or(0);
             if *total > before {
-                self.deltas.push((*owner, total - before));
+                self.last.push((*owner, total - before));
+            }
+        }
+        for (owner, bytes) in &self.last {
+            match self.deltas.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, sum)) => *sum += bytes,
+                None => self.deltas.push((*owner, *bytes)),
             }
         }
         self.previous.clear();
@@ -106,9 +145,14 @@ impl Attribution {
         Ok(())
     }
 
-    /// The `k` largest senders on `series` since the last fold.
+    /// The `k` largest senders on `series` over the last two folds.
     pub fn top(&mut self, series: u32, k: usize) -> Vec<Contributor> {
-        let mut mine: Vec<(NetOwner, u64)> = self.deltas.iter().filter(|(o, _)| o.series == series).copied().collect();
+        let mut mine: Vec<(NetOwner, u64)> = self
+            .deltas
+            .iter()
+            .filter(|(o, _)| o.series == series)
+            .copied()
+            .collect();
         mine.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
         mine.truncate(k);
         mine.into_iter()
@@ -121,10 +165,17 @@ impl Attribution {
             .collect()
     }
 
-    /// Bytes per cgroup path sent on `series` since the last fold.
-    pub fn by_cgroup(&mut self, series: u32, out: &mut Vec<(String, u64)>) {
+    /// Bytes per cgroup path sent on `series` in the last fold, and in the
+    /// one before when `with_prior` (the caller has not counted it yet).
+    pub fn by_cgroup(&mut self, series: u32, with_prior: bool, out: &mut Vec<(String, u64)>) {
         out.clear();
-        let deltas: Vec<(u64, u64)> = self.deltas.iter().filter(|(o, _)| o.series == series).map(|(o, b)| (o.cgroup, *b)).collect();
+        let prior = if with_prior { self.prior.as_slice() } else { &[] };
+        let deltas: Vec<(u64, u64)> = prior
+            .iter()
+            .chain(&self.last)
+            .filter(|(o, _)| o.series == series)
+            .map(|(o, b)| (o.cgroup, *b))
+            .collect();
         for (cgroup, bytes) in deltas {
             let path = self.cgroups.path(cgroup);
             match out.iter_mut().find(|(p, _)| *p == path) {
@@ -139,5 +190,7 @@ fn comm(procfs: &Path, pid: u32) -> String {
     if pid == 0 {
         return String::new();
     }
-    std::fs::read_to_string(procfs.join(pid.to_string()).join("comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(procfs.join(pid.to_string()).join("comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_default()
 }

@@ -2,7 +2,7 @@
 //! (real), or an in-memory stand-in for tests.
 //!
 //! The BPF backend needs root (CAP_BPF, CAP_PERFMON) and kernel BTF; it
-//! attaches `tp_btf/net_dev_xmit` and `tp_btf/netif_receive_skb`, which stay
+//! attaches `tp_btf/net_dev_xmit`, `net_dev_start_xmit` and `netif_receive_skb`, which stay
 //! attached as long as the backend lives.
 
 use std::io;
@@ -28,7 +28,10 @@ pub trait Backend: Send {
 }
 
 fn map_error(map: &str, error: impl std::error::Error + Send + Sync + 'static) -> CollectError {
-    CollectError::Io { path: PathBuf::from(format!("BPF map {map}")), source: io::Error::other(error) }
+    CollectError::Io {
+        path: PathBuf::from(format!("BPF map {map}")),
+        source: io::Error::other(error),
+    }
 }
 
 pub struct BpfBackend {
@@ -43,9 +46,16 @@ impl BpfBackend {
     pub fn new() -> Result<Self, Unavailable> {
         let mut ebpf = load_and_attach(
             &hostwatch_ebpf::NETBURST,
-            &[("hw_net_xmit", Hook::BtfTracePoint("net_dev_xmit")), ("hw_net_receive", Hook::BtfTracePoint("netif_receive_skb"))],
+            &[
+                ("hw_net_xmit", Hook::BtfTracePoint("net_dev_xmit")),
+                ("hw_net_owner", Hook::BtfTracePoint("net_dev_start_xmit")),
+                ("hw_net_receive", Hook::BtfTracePoint("netif_receive_skb")),
+            ],
         )?;
-        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Unavailable::new(format!("BPF object netburst has no map {name}")));
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Unavailable::new(format!("BPF object netburst has no map {name}")))
+        };
         let (ids, rings, owners) = (take("net_iface_ids")?, take("net_rings")?, take("net_owner_bytes")?);
         let typed = |error: aya::maps::MapError| Unavailable::new(format!("netburst maps: {error}"));
         Ok(Self {

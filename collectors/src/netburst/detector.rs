@@ -60,7 +60,12 @@ pub struct Histogram<const N: usize> {
 
 impl<const N: usize> Histogram<N> {
     pub const fn new(bounds: &'static [f64; N]) -> Self {
-        Self { bounds, counts: [0; N], sum: 0.0, count: 0 }
+        Self {
+            bounds,
+            counts: [0; N],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     pub fn observe(&mut self, value: f64) {
@@ -205,12 +210,22 @@ impl Detector {
             (Some(_), true) => {
                 // Milliseconds were skipped: what was open ended before them.
                 let ended = self.close(false);
-                self.open = Some(Open { start_ms: ms, last_ms: ms, bytes, peak: bytes });
+                self.open = Some(Open {
+                    start_ms: ms,
+                    last_ms: ms,
+                    bytes,
+                    peak: bytes,
+                });
                 ended.map_or(Transition::Started(ms), Transition::Ended)
             }
             (Some(_), false) => self.close(false).map_or(Transition::None, Transition::Ended),
             (None, true) => {
-                self.open = Some(Open { start_ms: ms, last_ms: ms, bytes, peak: bytes });
+                self.open = Some(Open {
+                    start_ms: ms,
+                    last_ms: ms,
+                    bytes,
+                    peak: bytes,
+                });
                 Transition::Started(ms)
             }
             (None, false) => Transition::None,

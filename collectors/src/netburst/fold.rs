@@ -12,10 +12,17 @@ const RING: u64 = NET_RING as u64;
 /// What one folded millisecond holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    Counted { ms: u64, bytes: u64, packets: u64 },
+    Counted {
+        ms: u64,
+        bytes: u64,
+        packets: u64,
+    },
     /// Milliseconds `from..from + count` were overwritten before userspace
     /// read them (it fell behind): unknown, never reported as zero traffic.
-    Lost { from: u64, count: u64 },
+    Lost {
+        from: u64,
+        count: u64,
+    },
 }
 
 /// One series' position: the first millisecond not folded yet.
@@ -36,7 +43,10 @@ impl Folder {
         // The ring holds the current millisecond and the RING - 1 before it.
         let oldest = now_ms.saturating_sub(RING - 1);
         if ms < oldest {
-            emit(Slot::Lost { from: ms, count: oldest - ms });
+            emit(Slot::Lost {
+                from: ms,
+                count: oldest - ms,
+            });
             ms = oldest;
         }
         while ms < now_ms {
@@ -53,7 +63,11 @@ impl Folder {
                     _ => {}
                 }
             }
-            emit(if overwritten { Slot::Lost { from: ms, count: 1 } } else { Slot::Counted { ms, bytes, packets } });
+            emit(if overwritten {
+                Slot::Lost { from: ms, count: 1 }
+            } else {
+                Slot::Counted { ms, bytes, packets }
+            });
             ms += 1;
         }
         self.next = Some(ms);
@@ -65,7 +79,11 @@ mod tests {
     use super::*;
 
     fn ring() -> NetRing {
-        NetRing { ms: [0; NET_RING], bytes: [0; NET_RING], packets: [0; NET_RING] }
+        NetRing {
+            ms: [0; NET_RING],
+            bytes: [0; NET_RING],
+            packets: [0; NET_RING],
+        }
     }
 
     fn put(ring: &mut NetRing, ms: u64, bytes: u64, packets: u32) {
@@ -92,9 +110,27 @@ mod tests {
         assert_eq!(fold(&mut folder, &[a, b], 1001), vec![]);
         assert_eq!(
             fold(&mut folder, &[a, b], 1003),
-            vec![Slot::Counted { ms: 1001, bytes: 4500, packets: 3 }, Slot::Counted { ms: 1002, bytes: 100, packets: 1 }]
+            vec![
+                Slot::Counted {
+                    ms: 1001,
+                    bytes: 4500,
+                    packets: 3
+                },
+                Slot::Counted {
+                    ms: 1002,
+                    bytes: 100,
+                    packets: 1
+                }
+            ]
         );
-        assert_eq!(fold(&mut folder, &[a, b], 1004), vec![Slot::Counted { ms: 1003, bytes: 999, packets: 9 }]);
+        assert_eq!(
+            fold(&mut folder, &[a, b], 1004),
+            vec![Slot::Counted {
+                ms: 1003,
+                bytes: 999,
+                packets: 9
+            }]
+        );
     }
 
     #[test]
@@ -103,7 +139,14 @@ mod tests {
         put(&mut a, 1000 - RING, 7777, 7); // the same slot, one lap earlier
         let mut folder = Folder::default();
         fold(&mut folder, &[a], 1000);
-        assert_eq!(fold(&mut folder, &[a], 1001), vec![Slot::Counted { ms: 1000, bytes: 0, packets: 0 }]);
+        assert_eq!(
+            fold(&mut folder, &[a], 1001),
+            vec![Slot::Counted {
+                ms: 1000,
+                bytes: 0,
+                packets: 0
+            }]
+        );
     }
 
     #[test]
@@ -115,9 +158,19 @@ mod tests {
         let now = 3000;
         put(&mut a, now - 10, 64, 1);
         let slots = fold(&mut folder, &[a], now);
-        assert_eq!(slots[0], Slot::Lost { from: 1000, count: now - (RING - 1) - 1000 });
+        assert_eq!(
+            slots[0],
+            Slot::Lost {
+                from: 1000,
+                count: now - (RING - 1) - 1000
+            }
+        );
         assert_eq!(slots.len(), 1 + (RING as usize - 1));
-        assert!(slots.contains(&Slot::Counted { ms: now - 10, bytes: 64, packets: 1 }));
+        assert!(slots.contains(&Slot::Counted {
+            ms: now - 10,
+            bytes: 64,
+            packets: 1
+        }));
     }
 
     #[test]

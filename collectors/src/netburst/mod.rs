@@ -18,8 +18,8 @@
 //! `hostwatch_net_burst_threshold_bits_per_second`, `hostwatch_net_slots_lost_total`,
 //! `hostwatch_net_burst_contributor_bytes_total`, `hostwatch_net_recordings_total`,
 //! `hostwatch_net_recording_failures_total`; and the documents `bursts` (recent
-//! burst events) and `netslots` (the last second per millisecond) for
-//! `GET /debug/...`.
+//! burst events), `netslots` (the last second per millisecond) and
+//! `recordings` (the flight recorder's files) for `GET /debug/...`.
 
 mod attribution;
 mod backend;
@@ -37,13 +37,13 @@ use hostwatch_ebpf::maps::{NET_MAX_IFACES, NET_RECEIVE, NET_TRANSMIT, NetIface, 
 use serde::{Deserialize, Deserializer, Serialize};
 use tracing::{info, warn};
 
-pub use self::attribution::Contributor;
 use self::attribution::Attribution;
+pub use self::attribution::Contributor;
 use self::backend::{Backend, BpfBackend};
 use self::detector::{Burst, Detector, MAX_SUMMARY_SECONDS, Transition, WINDOWS};
 use self::fold::{Folder, Slot};
-pub use self::recorder::{Limits, RecordingFile, list as list_recordings};
 use self::recorder::{History, Reason, Recorder};
+pub use self::recorder::{Limits, RecordingFile, list as list_recordings};
 use crate::collector::{Collector, CollectorSpec, Context};
 use crate::config::{Interval, Pattern, Rate, Selector, collector_section};
 use crate::error::{CollectError, Unavailable};
@@ -97,7 +97,9 @@ impl Threshold {
         match text.strip_suffix('%') {
             Some(percent) => match percent.trim().parse::<f64>() {
                 Ok(p) if p > 0.0 && p <= 1000.0 => Ok(Self::Baseline(p / 100.0)),
-                _ => Err(format!("invalid threshold {text:?}: a share of the baseline is between 0% and 1000%")),
+                _ => Err(format!(
+                    "invalid threshold {text:?}: a share of the baseline is between 0% and 1000%"
+                )),
             },
             None => Rate::parse(text).map(Self::Rate),
         }
@@ -156,10 +158,20 @@ impl Direction {
 
 pub static SPEC: CollectorSpec = CollectorSpec {
     name: "netburst",
-    needs: "root (CAP_BPF, CAP_PERFMON), kernel BTF; tp_btf net_dev_xmit and netif_receive_skb",
+    needs: "root (CAP_BPF, CAP_PERFMON), kernel BTF; tp_btf net_dev_xmit, net_dev_start_xmit, netif_receive_skb",
     default_interval: Duration::from_millis(100),
     section: |config| &config.netburst,
-    build: |context| Ok(Box::new(NetBurst::new(context, Box::new(BpfBackend::new()?))?)),
+    build: |context| {
+        // Checked before loading anything: without interfaces there is nothing to count.
+        let class_net = context.paths.sys("class/net");
+        if !class_net.is_dir() {
+            return Err(Unavailable::new(format!(
+                "no network interfaces: {} is missing",
+                class_net.display()
+            )));
+        }
+        Ok(Box::new(NetBurst::new(context, Box::new(BpfBackend::new()?))?))
+    },
 };
 
 static BURSTS: Desc = Desc::counter(
@@ -167,9 +179,16 @@ static BURSTS: Desc = Desc::counter(
     "Bursts: runs of consecutive milliseconds above the threshold.",
     &["interface", "direction"],
 );
-static DURATION: Desc =
-    Desc::histogram("hostwatch_net_burst_duration_seconds", "How long bursts lasted.", &["interface", "direction"]);
-static SIZE: Desc = Desc::histogram("hostwatch_net_burst_bytes", "Bytes each burst carried.", &["interface", "direction"]);
+static DURATION: Desc = Desc::histogram(
+    "hostwatch_net_burst_duration_seconds",
+    "How long bursts lasted.",
+    &["interface", "direction"],
+);
+static SIZE: Desc = Desc::histogram(
+    "hostwatch_net_burst_bytes",
+    "Bytes each burst carried.",
+    &["interface", "direction"],
+);
 static PEAK: Desc = Desc::gauge(
     "hostwatch_net_peak_rate_bits_per_second",
     "The highest rate over any window of this length (1ms, 10ms, 100ms, 1s) in the trailing summary window (default 15 s).",
@@ -187,11 +206,14 @@ static LOST: Desc = Desc::counter(
 );
 static CONTRIBUTORS: Desc = Desc::counter(
     "hostwatch_net_burst_contributor_bytes_total",
-    "Egress bytes sent by each cgroup during folds (100 ms) that held a burst: the top cgroups, the rest as other.",
+    "Egress bytes sent by each cgroup in the folds (100 ms each) around the end of a burst: the top cgroups, the rest as other.",
     &["interface", "direction", "cgroup"],
 );
-static RECORDINGS: Desc =
-    Desc::counter("hostwatch_net_recordings_total", "Flight recorder windows written to disk.", &[]);
+static RECORDINGS: Desc = Desc::counter(
+    "hostwatch_net_recordings_total",
+    "Flight recorder windows written to disk.",
+    &[],
+);
 static RECORDING_FAILURES: Desc = Desc::counter(
     "hostwatch_net_recording_failures_total",
     "Flight recorder writes that failed (full or read-only disk); recording pauses a minute after each.",
@@ -230,6 +252,8 @@ struct Series {
     lost: u64,
     /// Bytes per cgroup path during folds with a burst, since start.
     contributors: HashMap<String, u64>,
+    /// The last fold whose senders were added to `contributors`.
+    credited: Option<u64>,
 }
 
 /// One watched interface, at its id's place in `NetBurst::watched`.
@@ -252,6 +276,10 @@ struct NetBurst {
     attribution: Attribution,
     recorder: Recorder,
     allowance_seen: Option<u64>,
+    /// Folds done, to know which ones a series' contributors already counted.
+    folds: u64,
+    /// How many recordings had been written when the listing was last published.
+    recordings_listed: Option<u64>,
     events: VecDeque<BurstEvent>,
     rings: Vec<NetRing>,
     ended: Vec<(usize, Direction, Burst)>,
@@ -273,7 +301,10 @@ impl NetBurst {
             .map_err(|error| Unavailable::new(format!("no network namespace: /proc/self/ns/net: {error}")))?;
         Ok(Self {
             backend,
-            selector: Selector { include: config.include.clone(), exclude: config.exclude.clone() },
+            selector: Selector {
+                include: config.include.clone(),
+                exclude: config.exclude.clone(),
+            },
             recorder: Recorder::new(Limits {
                 dir: config.recordings.clone(),
                 max_files: config.max_recordings,
@@ -288,6 +319,8 @@ impl NetBurst {
             scanned: None,
             attribution: Attribution::new(&context.paths),
             allowance_seen: None,
+            folds: 0,
+            recordings_listed: None,
             events: VecDeque::new(),
             rings: Vec::new(),
             ended: Vec::new(),
@@ -311,22 +344,41 @@ impl NetBurst {
     fn rescan(&mut self) -> Result<(), CollectError> {
         self.scanned = Some(Instant::now());
         let class_net = self.paths.sys("class/net");
-        let io_error = |source| CollectError::Io { path: class_net.clone(), source };
+        let io_error = |source| CollectError::Io {
+            path: class_net.clone(),
+            source,
+        };
         let mut present: Vec<(String, NetIface)> = Vec::new();
         for entry in std::fs::read_dir(&class_net).map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
-            let selected = if self.config.include.is_some() { true } else { entry.path().join("device").exists() };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let selected = if self.config.include.is_some() {
+                true
+            } else {
+                entry.path().join("device").exists()
+            };
             if !selected || !self.selector.selects(&name) {
                 continue;
             }
-            let Ok(ifindex) = std::fs::read_to_string(entry.path().join("ifindex")) else { continue };
+            let Ok(ifindex) = std::fs::read_to_string(entry.path().join("ifindex")) else {
+                continue;
+            };
             let Ok(ifindex) = ifindex.trim().parse() else { continue };
-            present.push((name, NetIface { netns: self.netns, ifindex }));
+            present.push((
+                name,
+                NetIface {
+                    netns: self.netns,
+                    ifindex,
+                },
+            ));
         }
         present.sort_by(|a, b| a.0.cmp(&b.0));
         for id in 0..self.watched.len() {
-            let gone = self.watched[id].as_ref().is_some_and(|w| !present.iter().any(|(n, k)| *n == w.name && *k == w.key));
+            let gone = self.watched[id]
+                .as_ref()
+                .is_some_and(|w| !present.iter().any(|(n, k)| *n == w.name && *k == w.key));
             if gone && let Some(watched) = self.watched[id].take() {
                 self.backend.unwatch(watched.key)?;
                 info!(interface = %watched.name, "interface gone; no longer counted");
@@ -349,6 +401,7 @@ impl NetBurst {
                 history: History::default(),
                 lost: 0,
                 contributors: HashMap::new(),
+                credited: None,
             });
             info!(interface = %name, "counting bytes per millisecond");
             self.watched[id] = Some(Watched { name, key, series });
@@ -366,12 +419,23 @@ impl NetBurst {
             for direction in Direction::BOTH {
                 let index = id as u32 * 2 + direction.index();
                 self.backend.rings(index, &mut self.rings)?;
-                let threshold = self.watched[id].as_ref().map(|w| self.threshold(&w.name, direction)).unwrap_or_default();
-                let Some(watched) = self.watched[id].as_mut() else { continue };
+                let threshold = self.watched[id]
+                    .as_ref()
+                    .map(|w| self.threshold(&w.name, direction))
+                    .unwrap_or_default();
+                let Some(watched) = self.watched[id].as_mut() else {
+                    continue;
+                };
                 let series = &mut watched.series[direction.index() as usize];
                 series.detector.set_threshold(threshold);
                 let (ended, started) = (&mut self.ended, &mut self.started);
-                let Series { folder, detector, history, lost, .. } = series;
+                let Series {
+                    folder,
+                    detector,
+                    history,
+                    lost,
+                    ..
+                } = series;
                 folder.fold(&self.rings, now_ms, |slot| match slot {
                     Slot::Counted { ms, bytes, .. } => {
                         history.push(ms, bytes);
@@ -396,20 +460,29 @@ impl NetBurst {
 
     /// Turns the bursts that ended in this fold into events and contributor totals.
     fn record_bursts(&mut self, now_ms: u64) {
-        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64;
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
         for &(id, direction, ms) in &self.started {
             if self.config.record {
-                self.recorder.trigger(id * 2 + direction.index() as usize, ms, Reason::Burst);
+                self.recorder
+                    .trigger(id * 2 + direction.index() as usize, ms, Reason::Burst);
             }
         }
         let mut attributed = [[false; 2]; NET_MAX_IFACES as usize];
         for &(id, direction, burst) in &self.ended {
             let index = id as u32 * 2 + direction.index();
             let contributors = self.attribution.top(index, self.config.event_contributors);
-            let Some(watched) = self.watched[id].as_mut() else { continue };
+            let Some(watched) = self.watched[id].as_mut() else {
+                continue;
+            };
             let series = &mut watched.series[direction.index() as usize];
             if !std::mem::replace(&mut attributed[id][direction.index() as usize], true) {
-                self.attribution.by_cgroup(index, &mut self.cgroup_bytes);
+                // The fold before may hold the burst's bytes (see Attribution).
+                let with_prior = series.credited.is_none_or(|fold| fold + 1 < self.folds);
+                series.credited = Some(self.folds);
+                self.attribution.by_cgroup(index, with_prior, &mut self.cgroup_bytes);
                 for (cgroup, bytes) in self.cgroup_bytes.drain(..) {
                     *series.contributors.entry(cgroup).or_default() += bytes;
                 }
@@ -443,7 +516,8 @@ impl NetBurst {
             for (id, watched) in self.watched.iter().enumerate() {
                 if watched.is_some() {
                     for direction in Direction::BOTH {
-                        self.recorder.trigger(id * 2 + direction.index() as usize, now_ms, Reason::EnaAllowance);
+                        self.recorder
+                            .trigger(id * 2 + direction.index() as usize, now_ms, Reason::EnaAllowance);
                     }
                 }
             }
@@ -462,12 +536,24 @@ impl NetBurst {
         let mut windows = Vec::new();
         for watched in self.watched.iter().flatten() {
             for series in &watched.series {
-                series.history.window(now_ms.saturating_sub(1000), now_ms, &mut self.scratch);
-                windows.push((watched.name.as_str(), series.direction, series.detector.threshold_bits_per_second(), self.scratch.clone()));
+                series
+                    .history
+                    .window(now_ms.saturating_sub(1000), now_ms, &mut self.scratch);
+                windows.push((
+                    watched.name.as_str(),
+                    series.direction,
+                    series.detector.threshold_bits_per_second(),
+                    self.scratch.clone(),
+                ));
             }
         }
         for (interface, direction, threshold_bits_per_second, bytes) in &windows {
-            all.push(Slots { interface, direction: *direction, threshold_bits_per_second: *threshold_bits_per_second, bytes_per_ms: bytes });
+            all.push(Slots {
+                interface,
+                direction: *direction,
+                threshold_bits_per_second: *threshold_bits_per_second,
+                bytes_per_ms: bytes,
+            });
         }
         self.publish("netslots", &all);
     }
@@ -486,10 +572,26 @@ impl NetBurst {
                 let labels = [watched.name.as_str(), series.direction.as_str()];
                 let detector = &series.detector;
                 out.push(&BURSTS, &labels, detector.bursts() as f64);
-                out.push_histogram(&DURATION, &labels, detector.duration().sum(), detector.duration().count(), &detector.duration().buckets());
-                out.push_histogram(&SIZE, &labels, detector.size().sum(), detector.size().count(), &detector.size().buckets());
+                out.push_histogram(
+                    &DURATION,
+                    &labels,
+                    detector.duration().sum(),
+                    detector.duration().count(),
+                    &detector.duration().buckets(),
+                );
+                out.push_histogram(
+                    &SIZE,
+                    &labels,
+                    detector.size().sum(),
+                    detector.size().count(),
+                    &detector.size().buckets(),
+                );
                 for (w, (_, window)) in WINDOWS.iter().enumerate() {
-                    out.push(&PEAK, &[labels[0], labels[1], window], detector.peak(w, now_ms, summary));
+                    out.push(
+                        &PEAK,
+                        &[labels[0], labels[1], window],
+                        detector.peak(w, now_ms, summary),
+                    );
                 }
                 out.push(&THRESHOLD, &labels, detector.threshold_bits_per_second());
                 out.push(&LOST, &labels, series.lost as f64);
@@ -517,6 +619,7 @@ impl Collector for NetBurst {
         }
         let now_ms = self.backend.now_ms();
         self.attribution.update(self.backend.as_mut())?;
+        self.folds += 1;
         self.fold(now_ms)?;
         self.record_bursts(now_ms);
         self.watch_allowances(now_ms);
@@ -526,6 +629,13 @@ impl Collector for NetBurst {
             let s = &w.series[series % 2];
             Some((&s.history, w.name.as_str(), s.direction.as_str()))
         });
+        if self.recordings_listed != Some(self.recorder.written()) {
+            self.recordings_listed = Some(self.recorder.written());
+            match list_recordings(self.recorder.limits()) {
+                Ok(files) => self.publish("recordings", &files),
+                Err(error) => warn!(collector = "netburst", %error, "recordings not listed"),
+            }
+        }
         self.publish_slots(now_ms);
         self.emit(now_ms, out);
         Ok(())

@@ -34,7 +34,10 @@ const LOST: u32 = u32::MAX;
 
 impl Default for History {
     fn default() -> Self {
-        Self { bytes: vec![0; HISTORY_MS], newest: None }
+        Self {
+            bytes: vec![0; HISTORY_MS],
+            newest: None,
+        }
     }
 }
 
@@ -145,7 +148,11 @@ impl Recorder {
             return;
         }
         self.last_trigger[series] = Some(trigger_ms);
-        self.pending.push(Pending { series, trigger_ms, reason });
+        self.pending.push(Pending {
+            series,
+            trigger_ms,
+            reason,
+        });
     }
 
     /// Writes the recordings whose window has closed by `now_ms`.
@@ -162,7 +169,9 @@ impl Recorder {
                 continue;
             }
             self.pending.swap_remove(index);
-            let Some((history, interface, direction)) = describe(pending.series) else { continue };
+            let Some((history, interface, direction)) = describe(pending.series) else {
+                continue;
+            };
             match self.write(now_ms, pending, history, interface, direction) {
                 Ok(()) => self.written += 1,
                 Err(error) => {
@@ -179,10 +188,20 @@ impl Recorder {
         }
     }
 
-    fn write(&mut self, now_ms: u64, pending: Pending, history: &History, interface: &str, direction: &str) -> io::Result<()> {
+    fn write(
+        &mut self,
+        now_ms: u64,
+        pending: Pending,
+        history: &History,
+        interface: &str,
+        direction: &str,
+    ) -> io::Result<()> {
         let from = pending.trigger_ms.saturating_sub(AROUND_MS);
         history.window(from, pending.trigger_ms + AROUND_MS, &mut self.scratch);
-        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64;
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
         let to_unix = |ms: u64| unix_now.saturating_sub(now_ms.saturating_sub(ms));
         let recording = Recording {
             interface,
@@ -193,7 +212,11 @@ impl Recorder {
             bytes_per_ms: &self.scratch,
         };
         fs::create_dir_all(&self.limits.dir)?;
-        let name = format!("{}-{interface}-{direction}-{}.json", recording.trigger_unix_ms, pending.reason.as_str());
+        let name = format!(
+            "{}-{interface}-{direction}-{}.json",
+            recording.trigger_unix_ms,
+            pending.reason.as_str()
+        );
         let path = self.limits.dir.join(name);
         let partial = path.with_extension("json.partial");
         fs::write(&partial, serde_json::to_vec(&recording).map_err(io::Error::other)?)?;
@@ -217,6 +240,10 @@ impl Recorder {
             total -= file.bytes;
         }
         Ok(())
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn written(&self) -> u64 {
@@ -247,7 +274,10 @@ pub fn list(limits: &Limits) -> io::Result<Vec<RecordingFile>> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".json") {
-            files.push(RecordingFile { name, bytes: entry.metadata()?.len() });
+            files.push(RecordingFile {
+                name,
+                bytes: entry.metadata()?.len(),
+            });
         }
     }
     files.sort_by(|a, b| b.name.cmp(&a.name));
@@ -275,7 +305,11 @@ mod tests {
     }
 
     fn limits(tree: &TempTree, max_files: usize) -> Limits {
-        Limits { dir: tree.root().join("recordings"), max_files, max_bytes: 1 << 30 }
+        Limits {
+            dir: tree.root().join("recordings"),
+            max_files,
+            max_bytes: 1 << 30,
+        }
     }
 
     #[test]
@@ -296,7 +330,11 @@ mod tests {
 
         let files = list(&limits(&tree, 2)).unwrap();
         assert_eq!(files.len(), 1);
-        assert!(files[0].name.ends_with("-eth0-transmit-burst.json"), "{}", files[0].name);
+        assert!(
+            files[0].name.ends_with("-eth0-transmit-burst.json"),
+            "{}",
+            files[0].name
+        );
         let text = fs::read_to_string(tree.root().join("recordings").join(&files[0].name)).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let series = json["bytes_per_ms"].as_array().unwrap();

@@ -36,7 +36,11 @@ impl Backend for Scripted {
     fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError> {
         let kernel = self.0.lock().unwrap();
         out.clear();
-        out.push(kernel.rings.get(&series).copied().unwrap_or(NetRing { ms: [0; NET_RING], bytes: [0; NET_RING], packets: [0; NET_RING] }));
+        out.push(kernel.rings.get(&series).copied().unwrap_or(NetRing {
+            ms: [0; NET_RING],
+            bytes: [0; NET_RING],
+            packets: [0; NET_RING],
+        }));
         Ok(())
     }
 
@@ -58,7 +62,11 @@ impl Scripted {
     /// Counts `bytes` on `series` in millisecond `ms`.
     fn send(&self, series: u32, ms: u64, bytes: u64) {
         let mut kernel = self.0.lock().unwrap();
-        let ring = kernel.rings.entry(series).or_insert(NetRing { ms: [0; NET_RING], bytes: [0; NET_RING], packets: [0; NET_RING] });
+        let ring = kernel.rings.entry(series).or_insert(NetRing {
+            ms: [0; NET_RING],
+            bytes: [0; NET_RING],
+            packets: [0; NET_RING],
+        });
         let slot = (ms % NET_RING as u64) as usize;
         if ring.ms[slot] != ms {
             ring.ms[slot] = ms;
@@ -73,7 +81,11 @@ impl Scripted {
 const TRANSMIT: u32 = 1;
 
 fn host() -> TempTree {
-    TempTree::new(&[("sys/class/net/eth0/device/", ""), ("sys/class/net/eth0/ifindex", "2\n"), ("sys/class/net/lo/ifindex", "1\n")])
+    TempTree::new(&[
+        ("sys/class/net/eth0/device/", ""),
+        ("sys/class/net/eth0/ifindex", "2\n"),
+        ("sys/class/net/lo/ifindex", "1\n"),
+    ])
 }
 
 fn collector(tree: &TempTree, kernel: &Scripted, edit: impl FnOnce(&mut Config)) -> NetBurst {
@@ -102,20 +114,50 @@ fn watches_devices_and_finds_a_burst() {
 
     // 5 ms at 1.6 Gbit/s against a 1 Gbit/s threshold, inside quiet traffic.
     for ms in 10_000..10_090 {
-        kernel.send(TRANSMIT, ms, if (10_020..10_025).contains(&ms) { 200_000 } else { 1_000 });
+        kernel.send(
+            TRANSMIT,
+            ms,
+            if (10_020..10_025).contains(&ms) { 200_000 } else { 1_000 },
+        );
     }
     tree.write(&format!("proc/{}/comm", std::process::id()), "backup-agent\n");
     kernel.0.lock().unwrap().owners = vec![
-        (NetOwner { cgroup: 77, tgid: std::process::id(), series: TRANSMIT }, 1_000_000),
-        (NetOwner { cgroup: 78, tgid: 0, series: TRANSMIT }, 90_000),
+        (
+            NetOwner {
+                cgroup: 77,
+                tgid: std::process::id(),
+                series: TRANSMIT,
+            },
+            1_000_000,
+        ),
+        (
+            NetOwner {
+                cgroup: 78,
+                tgid: 0,
+                series: TRANSMIT,
+            },
+            90_000,
+        ),
     ];
     kernel.at(10_100);
     let set = collect(&mut netburst);
     assert_eq!(set.get("hostwatch_net_bursts_total", &["eth0", "transmit"]), Some(1.0));
     assert_eq!(set.get("hostwatch_net_bursts_total", &["eth0", "receive"]), Some(0.0));
-    assert_eq!(set.get("hostwatch_net_peak_rate_bits_per_second", &["eth0", "transmit", "1ms"]), Some(1.6e9));
-    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(1e9));
-    assert_eq!(set.get("hostwatch_net_burst_contributor_bytes_total", &["eth0", "transmit", "cgroup-id:77"]), Some(1e6));
+    assert_eq!(
+        set.get("hostwatch_net_peak_rate_bits_per_second", &["eth0", "transmit", "1ms"]),
+        Some(1.6e9)
+    );
+    assert_eq!(
+        set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]),
+        Some(1e9)
+    );
+    assert_eq!(
+        set.get(
+            "hostwatch_net_burst_contributor_bytes_total",
+            &["eth0", "transmit", "cgroup-id:77"]
+        ),
+        Some(1e6)
+    );
 
     let events: serde_json::Value = serde_json::from_str(&netburst.facts.debug("bursts").expect("published")).unwrap();
     assert_eq!(events[0]["duration_ms"], 5);
@@ -142,7 +184,9 @@ fn falling_behind_counts_lost_milliseconds_and_no_burst() {
     }
     kernel.at(12_000);
     let set = collect(&mut netburst);
-    let lost = set.get("hostwatch_net_slots_lost_total", &["eth0", "transmit"]).unwrap();
+    let lost = set
+        .get("hostwatch_net_slots_lost_total", &["eth0", "transmit"])
+        .unwrap();
     assert_eq!(lost, (2000 - (NET_RING - 1)) as f64);
 }
 
@@ -159,12 +203,24 @@ fn thresholds_follow_the_baseline_and_overrides() {
     });
     kernel.at(1_000);
     let set = collect(&mut netburst);
-    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(FALLBACK_THRESHOLD_BITS));
-    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "receive"]), Some(300e6));
-    netburst.facts.set_network_baseline(Some(crate::facts::NetworkBaseline { baseline_bps: 12.5e9, burst_bps: None }));
+    assert_eq!(
+        set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]),
+        Some(FALLBACK_THRESHOLD_BITS)
+    );
+    assert_eq!(
+        set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "receive"]),
+        Some(300e6)
+    );
+    netburst.facts.set_network_baseline(Some(crate::facts::NetworkBaseline {
+        baseline_bps: 12.5e9,
+        burst_bps: None,
+    }));
     kernel.at(1_100);
     let set = collect(&mut netburst);
-    assert_eq!(set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]), Some(6.25e9));
+    assert_eq!(
+        set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]),
+        Some(6.25e9)
+    );
 }
 
 #[test]

@@ -1,0 +1,431 @@
+//! The microburst detector end to end, as root: the real agent with the real
+//! netburst BPF program, two hosts made of a network namespace and a veth
+//! pair, and a traffic generator (tests/traffic/udp_pattern.py) sending exact
+//! patterns. Without root these tests say why and return.
+
+// A test crate: its helpers fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{Agent, TempDir, repo_root, value, wait_for};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root to load BPF programs and create network namespaces");
+            return;
+        }
+    };
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// A second host: a network namespace joined to this one by a veth pair,
+/// 10.251.N.1 here and 10.251.N.2 there. Removed on drop.
+struct TestNet {
+    netns: String,
+    host: String,
+    here: String,
+    there: String,
+}
+
+impl TestNet {
+    fn new(tag: &str) -> Self {
+        let id = std::process::id();
+        let n = (id % 200) + 20;
+        let net = Self {
+            netns: format!("hw{tag}{id}"),
+            host: format!("hw{tag}{}", id % 100_000),
+            here: format!("10.251.{n}.1"),
+            there: format!("10.251.{n}.2"),
+        };
+        ip(&["netns", "add", &net.netns]);
+        ip(&[
+            "link", "add", &net.host, "type", "veth", "peer", "name", "peer0", "netns", &net.netns,
+        ]);
+        ip(&["addr", "add", &format!("{}/30", net.here), "dev", &net.host]);
+        ip(&["link", "set", &net.host, "up"]);
+        ip(&[
+            "-n",
+            &net.netns,
+            "addr",
+            "add",
+            &format!("{}/30", net.there),
+            "dev",
+            "peer0",
+        ]);
+        ip(&["-n", &net.netns, "link", "set", "peer0", "up"]);
+        ip(&["-n", &net.netns, "link", "set", "lo", "up"]);
+        net
+    }
+
+    /// The agent, counting this pair's host end at a 200 Mbit/s threshold.
+    fn agent(&self, dir: &TempDir) -> Agent {
+        let config = dir.write(
+            "hostwatch.toml",
+            &format!(
+                "[collectors.netburst]\ninclude = \"{}\"\nthreshold = \"200Mbit\"\nrecordings = \"{}\"\n",
+                self.host,
+                dir.join("recordings").display()
+            ),
+        );
+        let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
+        agent.wait_ready();
+        let up = "hostwatch_collector_up{collector=\"netburst\"}";
+        wait_for(
+            Duration::from_secs(5),
+            || value(&agent.metrics(), up) == Some(1.0),
+            "netburst up",
+        );
+        let threshold = format!(
+            "hostwatch_net_burst_threshold_bits_per_second{{interface=\"{}\",direction=\"transmit\"}}",
+            self.host
+        );
+        wait_for(
+            Duration::from_secs(5),
+            || value(&agent.metrics(), &threshold).is_some(),
+            "the veth watched",
+        );
+        agent
+    }
+
+    fn bursts(&self, agent: &Agent, direction: &str) -> f64 {
+        let series = format!(
+            "hostwatch_net_bursts_total{{interface=\"{}\",direction=\"{direction}\"}}",
+            self.host
+        );
+        value(&agent.metrics(), &series).unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| Command::new("ip").args(args).stderr(Stdio::null()).status();
+        let _ = quiet(&["netns", "del", &self.netns]);
+        let _ = quiet(&["link", "del", &self.host]);
+    }
+}
+
+fn generator() -> PathBuf {
+    repo_root().join("tests/traffic/udp_pattern.py")
+}
+
+/// Runs the generator (in `netns` when given) and returns its report.
+fn send(netns: Option<&str>, args: &[&str]) -> serde_json::Value {
+    let spawned = spawn(netns, args);
+    let output = spawned.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The generator runs SCHED_FIFO: the patterns must be exact to the
+/// millisecond even while the machine is busy building or testing.
+fn spawn(netns: Option<&str>, args: &[&str]) -> Child {
+    let mut command = Command::new("chrt");
+    command.args(["--fifo", "10"]);
+    if let Some(ns) = netns {
+        command.args(["ip", "netns", "exec", ns]);
+    }
+    command.arg("python3");
+    command
+        .arg(generator())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn burst_events(agent: &Agent, interface: &str, direction: &str) -> Vec<serde_json::Value> {
+    let response = agent.get("/debug/bursts");
+    if response.status != 200 {
+        return Vec::new();
+    }
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&response.body).unwrap();
+    events
+        .into_iter()
+        .filter(|e| e["interface"] == interface && e["direction"] == direction)
+        .collect()
+}
+
+/// Steady traffic below the threshold: no burst. Then 20 bursts of 5 ms,
+/// 100 ms apart: exactly 20, each 5 +/- 1 ms and within 2 % of its bytes.
+fn bursts_are_exact(ingress: bool) {
+    let dir = TempDir::new("netburst");
+    let net = TestNet::new(if ingress { "i" } else { "e" });
+    let agent = net.agent(&dir);
+    let (direction, from, to) = if ingress {
+        ("receive", Some(net.netns.as_str()), net.here.as_str())
+    } else {
+        ("transmit", None, net.there.as_str())
+    };
+
+    send(from, &["steady", "--dst", to, "--rate-mbit", "40", "--seconds", "5"]);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        net.bursts(&agent, direction),
+        0.0,
+        "steady 40 Mbit/s is no burst at 200 Mbit/s"
+    );
+
+    let report = send(
+        from,
+        &[
+            "bursts",
+            "--dst",
+            to,
+            "--count",
+            "20",
+            "--burst-ms",
+            "5",
+            "--gap-ms",
+            "100",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(3),
+        || net.bursts(&agent, direction) >= 20.0,
+        "20 bursts",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(net.bursts(&agent, direction), 20.0, "exactly 20 bursts");
+
+    let events = burst_events(&agent, &net.host, direction);
+    assert_eq!(events.len(), 20);
+    let sent = report["bursts"].as_array().unwrap();
+    for (event, sent) in events.iter().zip(sent) {
+        let duration = event["duration_ms"].as_u64().unwrap();
+        assert!((4..=6).contains(&duration), "duration {duration} ms: {event}");
+        let (seen, sent) = (event["bytes"].as_f64().unwrap(), sent["wire_bytes"].as_f64().unwrap());
+        assert!(
+            (seen - sent).abs() / sent <= 0.02,
+            "burst bytes {seen} against {sent} sent"
+        );
+    }
+    // The peak 1 ms rate is far above the threshold and survives in the summary.
+    let peak = format!(
+        "hostwatch_net_peak_rate_bits_per_second{{interface=\"{}\",direction=\"{direction}\",window=\"1ms\"}}",
+        net.host
+    );
+    assert!(value(&agent.metrics(), &peak).unwrap() > 200e6);
+}
+
+#[test]
+fn egress_bursts_are_counted_exactly() {
+    require_root!();
+    bursts_are_exact(false);
+}
+
+#[test]
+fn ingress_bursts_are_counted_exactly() {
+    require_root!();
+    bursts_are_exact(true);
+}
+
+/// Two senders in two cgroups, only one bursting: the bursts name that one.
+#[test]
+fn bursts_name_the_bursting_cgroup() {
+    require_root!();
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.join("cgroup.controllers").exists())
+        .expect("a cgroup v2 hierarchy");
+    let dir = TempDir::new("attribution");
+    let net = TestNet::new("a");
+    let agent = net.agent(&dir);
+    let id = std::process::id();
+    let cgroups = [
+        root.join(format!("hwtest-steady-{id}")),
+        root.join(format!("hwtest-bursty-{id}")),
+    ];
+    for cgroup in &cgroups {
+        std::fs::create_dir_all(cgroup).unwrap();
+    }
+    let steady = spawn(
+        None,
+        &[
+            "steady",
+            "--dst",
+            &net.there,
+            "--rate-mbit",
+            "30",
+            "--seconds",
+            "3",
+            "--start-delay",
+            "0.5",
+        ],
+    );
+    let bursty = spawn(
+        None,
+        &[
+            "bursts",
+            "--dst",
+            &net.there,
+            "--count",
+            "10",
+            "--gap-ms",
+            "200",
+            "--start-delay",
+            "0.7",
+        ],
+    );
+    std::fs::write(cgroups[0].join("cgroup.procs"), steady.id().to_string()).unwrap();
+    std::fs::write(cgroups[1].join("cgroup.procs"), bursty.id().to_string()).unwrap();
+    let (steady, bursty) = (steady.wait_with_output().unwrap(), bursty.wait_with_output().unwrap());
+    assert!(steady.status.success() && bursty.status.success());
+    std::thread::sleep(Duration::from_millis(400));
+
+    let events = burst_events(&agent, &net.host, "transmit");
+    assert!(events.len() >= 8, "the bursts were seen: {events:?}");
+    let bursty_path = format!("/hwtest-bursty-{id}");
+    for event in &events {
+        assert_eq!(event["contributors"][0]["cgroup"], bursty_path.as_str(), "{event}");
+    }
+    let metric = format!(
+        "hostwatch_net_burst_contributor_bytes_total{{interface=\"{}\",direction=\"transmit\",cgroup=\"{bursty_path}\"}}",
+        net.host
+    );
+    assert!(value(&agent.metrics(), &metric).is_some_and(|bytes| bytes > 1e6));
+    for cgroup in &cgroups {
+        let _ = std::fs::remove_dir(cgroup);
+    }
+}
+
+/// A burst writes the window around it to the recordings directory.
+#[test]
+fn bursts_are_recorded() {
+    require_root!();
+    let dir = TempDir::new("recorder");
+    let net = TestNet::new("r");
+    let agent = net.agent(&dir);
+    send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
+    wait_for(
+        Duration::from_secs(10),
+        || value(&agent.metrics(), "hostwatch_net_recordings_total").is_some_and(|n| n >= 1.0),
+        "a recording written 5 s after the burst",
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&agent.get("/debug/recordings").body).unwrap();
+    let name = listed[0]["name"].as_str().unwrap();
+    assert!(name.ends_with(&format!("-{}-transmit-burst.json", net.host)), "{name}");
+    let recording: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("recordings").join(name)).unwrap()).unwrap();
+    let series = recording["bytes_per_ms"].as_array().unwrap();
+    assert_eq!(series.len(), 10_000);
+    assert!(
+        series
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .any(|bytes| bytes > 25_000),
+        "the burst is in it"
+    );
+}
+
+/// The veth deleted mid-run: no crash, its state dropped. Then the agent
+/// stopped for 2 s: lost milliseconds are counted and no burst invented.
+#[test]
+fn faults_deleted_interface_and_stopped_agent() {
+    require_root!();
+    let dir = TempDir::new("faults");
+    let net = TestNet::new("f");
+    let agent = net.agent(&dir);
+
+    let lo_config = TempDir::new("faults-lo");
+    let config = lo_config.write(
+        "hostwatch.toml",
+        &format!(
+            "[collectors.netburst]\ninclude = \"lo\"\nrecordings = \"{}\"\n",
+            lo_config.join("recordings").display()
+        ),
+    );
+    let stopped = Agent::start(&["--config", config.to_str().unwrap()], &[]);
+    stopped.wait_ready();
+    let lost = "hostwatch_net_slots_lost_total{interface=\"lo\",direction=\"transmit\"}";
+    wait_for(
+        Duration::from_secs(5),
+        || value(&stopped.metrics(), lost) == Some(0.0),
+        "lo watched",
+    );
+    stopped.signal("STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    stopped.signal("CONT");
+    wait_for(
+        Duration::from_secs(3),
+        || value(&stopped.metrics(), lost).is_some_and(|n| n > 1000.0),
+        "lost slots counted",
+    );
+    assert_eq!(
+        value(
+            &stopped.metrics(),
+            "hostwatch_net_bursts_total{interface=\"lo\",direction=\"transmit\"}"
+        ),
+        Some(0.0)
+    );
+
+    ip(&["link", "del", &net.host]);
+    let series = format!(
+        "hostwatch_net_bursts_total{{interface=\"{}\",direction=\"transmit\"}}",
+        net.host
+    );
+    wait_for(
+        Duration::from_secs(5),
+        || value(&agent.metrics(), &series).is_none(),
+        "the deleted veth's state dropped",
+    );
+    assert_eq!(
+        value(&agent.metrics(), "hostwatch_collector_up{collector=\"netburst\"}"),
+        Some(1.0)
+    );
+    assert_eq!(agent.get("/healthz").status, 200);
+}
+
+/// Not root: the collector is down with the reason, the agent serves.
+#[test]
+fn not_root_puts_the_collector_down_only() {
+    require_root!(); // to drop to another user
+    let dir = TempDir::new("nobody");
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            support::bin(),
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .current_dir(&dir.0);
+    let agent = Agent::from_command(command);
+    agent.wait_ready();
+    let text = agent.metrics();
+    assert_eq!(
+        value(&text, "hostwatch_collector_up{collector=\"netburst\"}"),
+        Some(0.0)
+    );
+    let reason = text
+        .lines()
+        .find(|l| l.starts_with("hostwatch_collector_unavailable_info{collector=\"netburst\""))
+        .unwrap();
+    assert!(reason.contains("not permitted"), "{reason}");
+    assert_eq!(value(&text, "hostwatch_collector_up{collector=\"cpu\"}"), Some(1.0));
+}
