@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -21,6 +21,7 @@ pub struct CollectorsConfig {
     pub pressure: pressure::Config,
     pub cgroups: cgroups::Config,
     pub netdev: netdev::Config,
+    pub ethtool: ethtool::Config,
     pub process: process::Config,
 }
 

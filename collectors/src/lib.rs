@@ -17,6 +17,7 @@ pub mod sample;
 
 pub mod cgroups;
 pub mod cpu;
+pub mod ethtool;
 pub mod memory;
 pub mod netdev;
 pub mod pressure;
@@ -39,6 +40,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &pressure::SPEC,
     &cgroups::SPEC,
     &netdev::SPEC,
+    &ethtool::SPEC,
     &process::SPEC,
 ];
 

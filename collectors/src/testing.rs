@@ -70,6 +70,17 @@ impl TempTree {
     pub fn paths(&self) -> HostPaths {
         HostPaths::new(self.root.join("proc"), self.root.join("sys"))
     }
+
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// Replaces (or creates) one file, as a host's file changes between collections.
+    pub fn write(&self, path: &str, contents: &str) {
+        let full = self.root.join(path);
+        fs::create_dir_all(full.parent().expect("parent")).expect("create parent");
+        fs::write(&full, contents).expect("write file");
+    }
 }
 
 impl Drop for TempTree {
@@ -77,4 +88,19 @@ impl Drop for TempTree {
         // Best effort: a leftover directory under /tmp must not fail a test.
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// Compares `set`'s plain dump with `tests/golden/<name>.txt`;
+/// `UPDATE_GOLDEN=1` rewrites the file.
+pub fn assert_golden(name: &str, set: &MetricSet) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .join(format!("{name}.txt"));
+    let actual = set.to_string();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&path, &actual).expect("write golden file");
+    }
+    let expected =
+        fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(actual, expected, "output differs from {}", path.display());
 }

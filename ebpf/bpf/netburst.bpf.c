@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/*
+ * netburst: bytes and packets per (network namespace, interface, direction)
+ * and per millisecond, in per-CPU rings that the agent folds several times a
+ * second. Constant work per packet, no per-packet event to userspace.
+ *
+ * Hooks: tp_btf/net_dev_xmit (egress, the device from the BTF argument: the
+ * classic tracepoint misattributes veth traffic) and tp_btf/netif_receive_skb
+ * (ingress). Needs BTF and CAP_BPF + CAP_PERFMON.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "hostwatch.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, HW_NET_MAX_IFACES);
+	__type(key, struct hw_net_iface);
+	__type(value, __u32);
+} net_iface_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HW_NET_MAX_IFACES * 2);
+	__type(key, __u32);
+	__type(value, struct hw_net_ring);
+} net_rings SEC(".maps");
+
+/* LRU: a host with many short-lived senders evicts the oldest instead of
+ * refusing new ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct hw_net_owner);
+	__type(value, __u64);
+} net_owner_bytes SEC(".maps");
+
+static __always_inline int series_of(struct net_device *dev, __u32 direction, __u32 *series)
+{
+	struct hw_net_iface key = {
+		.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum),
+		.ifindex = BPF_CORE_READ(dev, ifindex),
+	};
+	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
+	if (!id)
+		return -1;
+	*series = *id * 2 + direction;
+	return 0;
+}
+
+static __always_inline void count(__u32 series, __u32 len)
+{
+	struct hw_net_ring *ring = bpf_map_lookup_elem(&net_rings, &series);
+	if (!ring)
+		return;
+	__u64 ms = bpf_ktime_get_ns() / 1000000;
+	__u32 slot = ms & (HW_NET_RING - 1);
+	if (ring->ms[slot] != ms) {
+		ring->ms[slot] = ms;
+		ring->bytes[slot] = 0;
+		ring->packets[slot] = 0;
+	}
+	ring->bytes[slot] += len;
+	ring->packets[slot] += 1;
+}
+
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(hw_net_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
+{
+	__u32 series;
+	if (rc != 0 || series_of(dev, HW_NET_TRANSMIT, &series))
+		return 0;
+	count(series, len);
+
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	if (!sk)
+		return 0;
+	/* The socket's cgroup is the sender's, always. The task on CPU is the
+	 * sender when the stack transmits in process context (most sends);
+	 * from softirq (qdisc dequeue, retransmit timers) it is whichever
+	 * task was interrupted, so userspace calls it a hint. */
+	struct hw_net_owner owner = {
+		.cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id),
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.series = series,
+	};
+	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
+	if (bytes) {
+		*bytes += len;
+	} else {
+		__u64 first = len;
+		bpf_map_update_elem(&net_owner_bytes, &owner, &first, BPF_NOEXIST);
+	}
+	return 0;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(hw_net_receive, struct sk_buff *skb)
+{
+	__u32 series;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (!dev || series_of(dev, HW_NET_RECEIVE, &series))
+		return 0;
+	/* The link-layer header is already pulled here; add it back so the
+	 * count matches the driver's (and /proc/net/dev's) byte count. */
+	__u32 len = BPF_CORE_READ(skb, len);
+	__u16 mac_header = BPF_CORE_READ(skb, mac_header);
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	unsigned char *data = BPF_CORE_READ(skb, data);
+	if (mac_header != (__u16)~0U && data > head + mac_header)
+		len += data - (head + mac_header);
+	count(series, len);
+	return 0;
+}

@@ -1,0 +1,175 @@
+//! hostwatch's BPF objects, embedded in the binary, with the Rust mirrors of
+//! their map layouts and one way to load them.
+//!
+//! The objects are built from `ebpf/bpf/*.bpf.c` with clang-19 and committed
+//! (`make -C ebpf`; `make -C ebpf check` proves they match their sources), so
+//! building the agent needs no clang. Loading needs a kernel with BTF and
+//! CAP_BPF + CAP_PERFMON (or root); without them [`load`] fails with a typed
+//! error and the collector that asked reports itself down.
+
+pub mod maps;
+
+use aya::{Ebpf, EbpfLoader};
+
+/// An embedded BPF object and the name it is known by in errors and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Object {
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// Per-millisecond bytes and packets per interface and direction.
+pub static NETBURST: Object = Object {
+    name: "netburst",
+    bytes: aya::include_bytes_aligned!("../objects/netburst.bpf.o"),
+};
+
+/// Every embedded object.
+pub static ALL: &[&Object] = &[&NETBURST];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading BPF object {object}: {source}")]
+    Load {
+        object: &'static str,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("BPF object {object} has no program {program}")]
+    MissingProgram {
+        object: &'static str,
+        program: &'static str,
+    },
+    #[error("BPF object {object} has no map {map}")]
+    MissingMap { object: &'static str, map: &'static str },
+    #[error("BPF program {program} of {object}: {source}")]
+    Program {
+        object: &'static str,
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {map} of {object}: {source}")]
+    Map {
+        object: &'static str,
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+impl Error {
+    /// The kernel verifier's log when the kernel refused a program: long, so
+    /// it goes to the debug log rather than into the collector's reason.
+    pub fn verifier_log(&self) -> Option<String> {
+        match self {
+            Self::Program {
+                source: aya::programs::ProgramError::LoadError { verifier_log, .. },
+                ..
+            } => Some(verifier_log.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure means "not allowed here" (not root, no CAP_BPF)
+    /// rather than a broken program.
+    pub fn is_permission(&self) -> bool {
+        let text = format!("{self:#}").to_lowercase();
+        text.contains("operation not permitted") || text.contains("permission denied")
+    }
+}
+
+/// Loads `object` (its maps created, no program loaded or attached yet).
+pub fn load(object: &Object) -> Result<Ebpf, Error> {
+    EbpfLoader::new().load(object.bytes).map_err(|source| Error::Load {
+        object: object.name,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs without privileges: the embedded objects parse, and hold the
+    /// programs and maps the collectors look up by name.
+    #[test]
+    fn embedded_objects_have_their_programs_and_maps() {
+        let object = aya_obj::Object::parse(NETBURST.bytes).expect("netburst parses");
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(programs, ["hw_net_receive", "hw_net_xmit"]);
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        maps.sort_unstable();
+        assert_eq!(maps, ["net_iface_ids", "net_owner_bytes", "net_rings"]);
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use aya::maps::{HashMap, PerCpuArray};
+    use aya::programs::BtfTracePoint;
+
+    use super::*;
+    use crate::maps::{NET_TRANSMIT, NetIface, NetRing};
+
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    }
+
+    /// Loads and attaches netburst for real and counts loopback traffic.
+    #[test]
+    fn netburst_counts_loopback_bytes() {
+        if !is_root() {
+            eprintln!("skipped: loading BPF programs needs root (CAP_BPF, CAP_PERFMON)");
+            return;
+        }
+        let mut ebpf = load(&NETBURST).expect("loads");
+        let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
+        for (program, tracepoint) in [("hw_net_xmit", "net_dev_xmit"), ("hw_net_receive", "netif_receive_skb")] {
+            let program: &mut BtfTracePoint = ebpf.program_mut(program).expect("program").try_into().expect("tp_btf");
+            program.load(tracepoint, &btf).expect("verifier accepts");
+            program.attach().expect("attaches");
+        }
+        let netns = std::fs::metadata("/proc/self/ns/net").expect("netns").ino() as u32;
+        let ifindex: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+            .expect("lo")
+            .trim()
+            .parse()
+            .expect("n");
+        let mut ids: HashMap<_, NetIface, u32> =
+            HashMap::try_from(ebpf.map_mut("net_iface_ids").expect("map")).expect("hash");
+        ids.insert(NetIface { netns, ifindex }, 0, 0).expect("insert");
+
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let target = socket.local_addr().expect("addr");
+        let payload = [7u8; 1000];
+        for _ in 0..100 {
+            socket.send_to(&payload, target).expect("send");
+        }
+        let rings: PerCpuArray<_, NetRing> = PerCpuArray::try_from(ebpf.map("net_rings").expect("map")).expect("array");
+        let per_cpu = rings.get(&NET_TRANSMIT, 0).expect("read");
+        let (bytes, packets) = per_cpu
+            .iter()
+            .flat_map(|ring| ring.bytes.iter().zip(&ring.packets))
+            .fold((0u64, 0u64), |(b, p), (bytes, packets)| {
+                (b + bytes, p + u64::from(*packets))
+            });
+        // 1000 bytes of payload + 8 UDP + 20 IPv4 + 14 Ethernet, 100 times (and
+        // perhaps a little other loopback traffic).
+        assert!(packets >= 100, "packets {packets}");
+        assert!(bytes >= 104_200, "bytes {bytes}");
+    }
+}
