@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, headroom, instance, memory, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -22,6 +22,8 @@ pub struct CollectorsConfig {
     pub cgroups: cgroups::Config,
     pub netdev: netdev::Config,
     pub ethtool: ethtool::Config,
+    pub instance: instance::Config,
+    pub headroom: headroom::Config,
     pub process: process::Config,
 }
 
@@ -109,6 +111,67 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
+/// A bandwidth from the config: a decimal number and a unit with no space
+/// between them, "25Gbit", "12.5Gbit", "500Mbit". Prefixes are decimal (SI), as
+/// in EC2's figures and tc's: 1 Gbit is 10^9 bits. Held in bits per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(f64);
+
+impl Rate {
+    const UNITS: [(&str, f64); 5] = [
+        ("bit", 1.0),
+        ("kbit", 1e3),
+        ("Mbit", 1e6),
+        ("Gbit", 1e9),
+        ("Tbit", 1e12),
+    ];
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid = |reason: &str| {
+            format!(
+                "invalid rate {text:?}: {reason}; write a number and one of bit, kbit, Mbit, Gbit, Tbit, such as \"12.5Gbit\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| invalid("no unit"))?;
+        let (number, unit) = text.split_at(split);
+        // Only plain decimals: a sign, an exponent or a bare "." is more likely
+        // a typo than a bandwidth, and `f64::from_str` would take them all.
+        let plain = match number.split_once('.') {
+            Some((whole, fraction)) => !whole.is_empty() && !fraction.is_empty() && !fraction.contains('.'),
+            None => !number.is_empty(),
+        };
+        if !plain {
+            return Err(invalid("not a plain decimal number"));
+        }
+        let scale = Self::UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, scale)| *scale)
+            .ok_or_else(|| invalid("unknown unit"))?;
+        let value = number.parse::<f64>().map_err(|_| invalid("not a number"))? * scale;
+        if !value.is_finite() {
+            return Err(invalid("too large"));
+        }
+        if value <= 0.0 {
+            return Err(invalid("must be more than zero"));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn bits_per_second(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A regular expression from the config, matched against a whole name
 /// (it is anchored for you: `eth.*` does not match `veth0`).
 #[derive(Clone)]
@@ -176,6 +239,47 @@ mod tests {
         );
         assert!(Interval::parse("2h").is_err());
         assert!(Interval::parse("soon").is_err_and(|e| e.starts_with("invalid duration \"soon\"")));
+    }
+
+    #[test]
+    fn rates_are_strict() {
+        let bps = |text: &str| Rate::parse(text).map(Rate::bits_per_second);
+        assert_eq!(bps("25Gbit"), Ok(25e9));
+        assert_eq!(bps("12.5Gbit"), Ok(12.5e9));
+        assert_eq!(bps("500Mbit"), Ok(500e6));
+        assert_eq!(bps("0.781Gbit"), Ok(0.781e9));
+        assert_eq!(bps("64kbit"), Ok(64e3));
+        assert_eq!(bps("3.2Tbit"), Ok(3.2e12));
+        assert_eq!(bps("100bit"), Ok(100.0));
+        for bad in [
+            "",
+            "25",
+            "Gbit",
+            "25 Gbit",
+            " 25Gbit",
+            "25Gbit ",
+            "25gbit",
+            "25GBit",
+            "25Gbps",
+            "25G",
+            "-1Gbit",
+            "+1Gbit",
+            "1e3Gbit",
+            ".5Gbit",
+            "5.Gbit",
+            "1.2.3Gbit",
+            "0Gbit",
+            "0.0Mbit",
+            "1,5Gbit",
+        ] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(
+            Rate::parse("25 Gbit"),
+            Err("invalid rate \"25 Gbit\": unknown unit; write a number and one of bit, kbit, Mbit, Gbit, Tbit, such as \"12.5Gbit\"".into())
+        );
+        let huge = format!("{}Tbit", "9".repeat(400));
+        assert!(Rate::parse(&huge).is_err_and(|e| e.contains("too large")));
     }
 
     #[test]

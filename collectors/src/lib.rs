@@ -7,17 +7,22 @@
 //! `/proc/PID/smaps` or `smaps_rollup`: the kernel walks page tables under the
 //! target's mmap_lock for that, which stalls it (see DESIGN.md).
 
+pub mod bpf;
 pub mod collector;
 pub mod config;
 pub mod error;
 pub mod facts;
 pub mod paths;
+pub mod process_label;
 pub mod procfile;
 pub mod sample;
 
 pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
+pub mod headroom;
+pub mod instance;
+pub mod instance_types;
 pub mod memory;
 pub mod netdev;
 pub mod pressure;
@@ -41,6 +46,8 @@ pub static ALL: &[&CollectorSpec] = &[
     &cgroups::SPEC,
     &netdev::SPEC,
     &ethtool::SPEC,
+    &instance::SPEC,
+    &headroom::SPEC,
     &process::SPEC,
 ];
 

@@ -126,12 +126,12 @@ static SOFTNET_TIME_SQUEEZED: Desc = Desc::counter(
 
 /// The `/proc/net/dev` columns after `name:`, fixed since Linux 2.6: eight
 /// receive counters then eight transmit counters.
-const DEV_COLUMNS: usize = 16;
-const RX_BYTES: usize = 0;
+pub(crate) const DEV_COLUMNS: usize = 16;
+pub(crate) const RX_BYTES: usize = 0;
 const RX_PACKETS: usize = 1;
 const RX_ERRORS: usize = 2;
 const RX_DROPS: usize = 3;
-const TX_BYTES: usize = 8;
+pub(crate) const TX_BYTES: usize = 8;
 const TX_PACKETS: usize = 9;
 const TX_ERRORS: usize = 10;
 const TX_DROPS: usize = 11;
@@ -187,16 +187,39 @@ impl Collector for NetDev {
 }
 
 /// A parse failure: the 1-based line (0 for the whole file) and why.
-type LineError = (usize, String);
+pub(crate) type LineError = (usize, String);
+
+/// The interface lines of `/proc/net/dev` in file order: each line's 1-based
+/// number, the interface name and its counters still unparsed, so a caller
+/// parses only the interfaces it keeps.
+pub(crate) fn dev_lines(text: &str) -> impl Iterator<Item = Result<(usize, &str, &str), LineError>> {
+    // Two header lines, then `name: counters`; names cannot contain ':'.
+    text.lines().enumerate().skip(2).map(|(index, line)| {
+        let (name, counters) = line
+            .split_once(':')
+            .ok_or_else(|| (index + 1, "no \"name:\" prefix".to_owned()))?;
+        Ok((index + 1, name.trim(), counters))
+    })
+}
+
+/// The sixteen counters after an interface's `name:`.
+pub(crate) fn dev_counters(counters: &str) -> Result<[u64; DEV_COLUMNS], String> {
+    let mut fields = counters.split_ascii_whitespace();
+    let mut values = [0u64; DEV_COLUMNS];
+    for value in &mut values {
+        let field = fields
+            .next()
+            .ok_or_else(|| format!("fewer than {DEV_COLUMNS} counters"))?;
+        *value = parse_u64(field)?;
+    }
+    Ok(values)
+}
 
 fn interfaces(out: &mut MetricSet, text: &str, selector: &Selector, max: usize) -> Result<(), LineError> {
     let mut exported = 0;
     let mut dropped = 0;
-    // Two header lines, then `name: counters`; names cannot contain ':'.
-    for (index, line) in text.lines().enumerate().skip(2) {
-        let at = |reason: String| (index + 1, reason);
-        let (name, counters) = line.split_once(':').ok_or_else(|| at("no \"name:\" prefix".into()))?;
-        let name = name.trim();
+    for line in dev_lines(text) {
+        let (number, name, counters) = line?;
         if !selector.selects(name) {
             continue;
         }
@@ -204,14 +227,7 @@ fn interfaces(out: &mut MetricSet, text: &str, selector: &Selector, max: usize) 
             dropped += 1;
             continue;
         }
-        let mut fields = counters.split_ascii_whitespace();
-        let mut values = [0u64; DEV_COLUMNS];
-        for value in &mut values {
-            let field = fields
-                .next()
-                .ok_or_else(|| at(format!("fewer than {DEV_COLUMNS} counters")))?;
-            *value = parse_u64(field).map_err(at)?;
-        }
+        let values = dev_counters(counters).map_err(|reason| (number, reason))?;
         for (desc, column) in [
             (&RECEIVE_BYTES, RX_BYTES),
             (&RECEIVE_PACKETS, RX_PACKETS),

@@ -14,6 +14,8 @@ pub enum MetricKind {
     Counter,
     /// Goes up and down; `_info` families are gauges fixed at 1.
     Gauge,
+    /// Observations counted into buckets by upper bound, with their sum and count.
+    Histogram,
 }
 
 /// A metric family's static description: name, help, type and label names.
@@ -43,13 +45,27 @@ impl Desc {
             labels,
         }
     }
+
+    /// A histogram; its name carries no `_bucket`/`_sum`/`_count` suffix.
+    pub const fn histogram(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Histogram,
+            labels,
+        }
+    }
 }
 
-/// One series: label values in the order of [`Desc::labels`], and its value.
+/// One series: label values in the order of [`Desc::labels`], and its value
+/// (a histogram's sum, with its count and buckets beside it).
 #[derive(Debug, Clone, Default)]
 pub struct Series {
     label_values: Vec<String>,
     value: f64,
+    count: u64,
+    /// Upper bound and the observations in that bucket alone (not cumulative).
+    buckets: Vec<(f64, u64)>,
 }
 
 impl Series {
@@ -57,8 +73,19 @@ impl Series {
         &self.label_values
     }
 
+    /// The value, or a histogram's sum.
     pub fn value(&self) -> f64 {
         self.value
+    }
+
+    /// A histogram's observation count.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// A histogram's buckets: upper bound and the count in that bucket alone.
+    pub fn buckets(&self) -> &[(f64, u64)] {
+        &self.buckets
     }
 }
 
@@ -99,9 +126,38 @@ impl MetricSet {
     /// a mismatch is a programming error and is caught by tests, so it is dropped
     /// here rather than panicking in the agent.
     pub fn push(&mut self, desc: &'static Desc, label_values: &[&str], value: f64) {
+        if let Some(series) = self.next_series(desc, label_values) {
+            series.value = value;
+            series.count = 0;
+            series.buckets.clear();
+        }
+    }
+
+    /// Adds one histogram series: `sum` and `count` of the observations, and
+    /// per bucket its upper bound and the observations in it alone (the
+    /// `+Inf` bucket is implied by `count`).
+    pub fn push_histogram(
+        &mut self,
+        desc: &'static Desc,
+        label_values: &[&str],
+        sum: f64,
+        count: u64,
+        buckets: &[(f64, u64)],
+    ) {
+        debug_assert_eq!(desc.kind, MetricKind::Histogram, "{} is not a histogram", desc.name);
+        if let Some(series) = self.next_series(desc, label_values) {
+            series.value = sum;
+            series.count = count;
+            series.buckets.clear();
+            series.buckets.extend_from_slice(buckets);
+        }
+    }
+
+    /// The next series buffer of `desc`'s family with `label_values` written in.
+    fn next_series(&mut self, desc: &'static Desc, label_values: &[&str]) -> Option<&mut Series> {
         debug_assert_eq!(desc.labels.len(), label_values.len(), "labels of {}", desc.name);
         if desc.labels.len() != label_values.len() {
-            return;
+            return None;
         }
         let family = self.family_mut(desc);
         if family.len == family.series.len() {
@@ -114,7 +170,7 @@ impl MetricSet {
             slot.clear();
             slot.push_str(value);
         }
-        series.value = value;
+        Some(series)
     }
 
     /// The families that hold at least one series after the last collection.
@@ -173,7 +229,15 @@ impl fmt::Display for MetricSet {
                     }
                     f.write_str("}")?;
                 }
-                writeln!(f, " {}", series.value)?;
+                if family.desc.kind == MetricKind::Histogram {
+                    write!(f, " sum={} count={} buckets=", series.value, series.count)?;
+                    for (i, (bound, count)) in series.buckets.iter().enumerate() {
+                        write!(f, "{}{bound}:{count}", if i > 0 { "," } else { "" })?;
+                    }
+                    writeln!(f)?;
+                } else {
+                    writeln!(f, " {}", series.value)?;
+                }
             }
         }
         Ok(())
@@ -185,6 +249,7 @@ mod tests {
     use super::*;
 
     static A: Desc = Desc::counter("a_total", "A.", &["x"]);
+    static H: Desc = Desc::histogram("h_seconds", "H.", &[]);
     static B: Desc = Desc::gauge("b", "B.", &[]);
 
     #[test]
@@ -199,5 +264,19 @@ mod tests {
         assert_eq!(set.get("a_total", &["three"]), Some(4.0));
         assert_eq!(set.get("a_total", &["one"]), None);
         assert_eq!(set.get("b", &[]), None);
+    }
+
+    #[test]
+    fn histograms_reuse_buffers_too() {
+        let mut set = MetricSet::default();
+        set.push_histogram(&H, &[], 0.5, 3, &[(0.1, 1), (1.0, 2)]);
+        assert_eq!(set.to_string(), "h_seconds sum=0.5 count=3 buckets=0.1:1,1:2\n");
+        set.clear();
+        set.push_histogram(&H, &[], 2.0, 1, &[(0.1, 0), (1.0, 0)]);
+        let series = &set.families().next().unwrap().series()[0];
+        assert_eq!(
+            (series.value(), series.count(), series.buckets()),
+            (2.0, 1, &[(0.1, 0), (1.0, 0)][..])
+        );
     }
 }
