@@ -127,8 +127,31 @@ fn readme_lists_every_metric() {
     let agent = Agent::on_fixture("basic", &["--config", config.to_str().unwrap()]);
     agent.wait_ready();
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let exported: Vec<String> = agent
-        .metrics()
+    let mut exposition = agent.metrics();
+    // As root, the eBPF collectors run too, on the real host.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:\t0\t"));
+    if root {
+        let ebpf = dir.write(
+            "ebpf.toml",
+            &format!(
+                "[collectors.netburst]\ninclude = \"lo\"\nrecordings = \"{}\"\n",
+                dir.join("recordings").display()
+            ),
+        );
+        let live = Agent::start(&["--config", ebpf.to_str().unwrap()], &[]);
+        live.wait_ready();
+        let up = "hostwatch_collector_up{collector=\"netburst\"}";
+        support::wait_for(
+            std::time::Duration::from_secs(5),
+            || support::value(&live.metrics(), up) == Some(1.0),
+            "netburst",
+        );
+        exposition.push_str(&live.metrics());
+    }
+    let exported: Vec<String> = exposition
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
         .filter_map(|rest| rest.split(' ').next())
