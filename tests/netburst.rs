@@ -225,6 +225,17 @@ fn bursts_are_exact(ingress: bool) {
         net.host
     );
     assert!(value(&agent.metrics(), &peak).unwrap() > 200e6);
+
+    // The live view against the running agent shows the series and the bursts.
+    let view = Command::new(support::bin())
+        .args(["bursts", "--agent", &agent.addr.to_string(), "--once", "--no-color"])
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
+    let view = String::from_utf8(view.stdout).unwrap();
+    assert!(view.contains(&format!("{} {direction}", net.host)), "{view}");
+    assert!(view.contains("recent bursts (20):"), "{view}");
+    assert!(view.contains("threshold 200.0 Mbit/s"), "{view}");
 }
 
 #[test]
