@@ -30,7 +30,7 @@ fn invalid_configs_name_file_line_column_and_reason() {
     let cases = [
         (
             "[agent]\nlisten = \"0.0.0.0:9977\"\nverbose = true\n",
-            "FILE:3:1: unknown field `verbose`, expected `listen` or `log_format`\n",
+            "FILE:3:1: unknown field `verbose`, expected one of `listen`, `log_format`, `web_config_file`\n",
         ),
         (
             "[collectors.cpu]\nenabled = 1\n",

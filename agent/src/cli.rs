@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use hostwatch_collectors::HostPaths;
 
 use crate::config::{self, LogFormat};
+use crate::web_config::Security;
 
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HOSTWATCH_REVISION"), ")");
 
@@ -74,6 +75,10 @@ pub struct RunArgs {
     /// Log format [default: the config's agent.log_format, plain]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// TLS and basic auth, in the exporter-toolkit web config format
+    /// [default: the config's agent.web_config_file, none]
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -88,8 +93,15 @@ impl RunArgs {
 
 pub fn validate(args: &ConfigArg) -> ExitCode {
     let path = config::resolve_path(args.config.as_deref());
-    match config::load(path.as_deref()) {
-        Ok(_) => {
+    let checked = config::load(path.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            config.agent.web_config_file.map_or(Ok(()), |web| {
+                Security::load(web.as_path()).map(drop).map_err(|e| e.to_string())
+            })
+        });
+    match checked {
+        Ok(()) => {
             println!("{}: ok", describe(path.as_deref()));
             ExitCode::SUCCESS
         }

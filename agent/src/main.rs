@@ -14,6 +14,7 @@ mod scheduler;
 mod server;
 mod store;
 mod systemd;
+mod web_config;
 
 use std::process::ExitCode;
 
