@@ -43,9 +43,8 @@
 //!   bursts included, match a later version of awsdocs'
 //!   `storage-optimized-instances.md` whose commit the tool did not give.
 //!
-//! One existing entry disagrees with the newer sources: c5.9xlarge is 10 here,
-//! from the User Guide's "10 Gbps", while co.html and karpenter now give 12
-//! Gigabit. It is left as it was pending a decision.
+//! c5.9xlarge: the older User Guide says "10 Gbps"; the current co.html and
+//! karpenter give 12 Gigabit. The current page wins.
 //!
 //! Lookup is a binary search over a sorted static slice: no allocation.
 
@@ -87,7 +86,7 @@ static TABLE: &[(&str, Allowance)] = &[
     ("c5.24xlarge", fixed(25.0)),
     ("c5.2xlarge", up_to(2.5, 10.0)),
     ("c5.4xlarge", up_to(5.0, 10.0)),
-    ("c5.9xlarge", fixed(10.0)),
+    ("c5.9xlarge", fixed(12.0)),
     ("c5.large", up_to(0.75, 10.0)),
     ("c5.metal", fixed(25.0)),
     ("c5.xlarge", up_to(1.25, 10.0)),
@@ -292,9 +291,9 @@ mod tests {
         // gp.html: "m6in.xlarge 6.25 / 30.0", "m7i.metal-48xl 50 Gigabit".
         assert_eq!(lookup("m6in.xlarge"), Some(up_to(6.25, 30.0)));
         assert_eq!(lookup("m7i.metal-48xl"), Some(fixed(50.0)));
-        // Compute optimized: "c6i.4xlarge | 6.25 | 12.5", "c5.9xlarge | 10 Gbps".
+        // Compute optimized: "c6i.4xlarge | 6.25 | 12.5", "c5.9xlarge | 12 Gigabit" (current co.html).
         assert_eq!(lookup("c6i.4xlarge"), Some(up_to(6.25, 12.5)));
-        assert_eq!(lookup("c5.9xlarge"), Some(fixed(10.0)));
+        assert_eq!(lookup("c5.9xlarge"), Some(fixed(12.0)));
         // Memory optimized: "x2gd.medium | 0.5 | 10.0", "r6i.24xlarge | 37.5 Gigabit".
         assert_eq!(lookup("x2gd.medium"), Some(up_to(0.5, 10.0)));
         assert_eq!(lookup("r6i.24xlarge"), Some(fixed(37.5)));
