@@ -34,6 +34,8 @@ pub enum Command {
     Collectors(RunArgs),
     /// Live view of a running agent's microburst detector.
     Bursts(BurstsArgs),
+    /// What this host lets the agent do, with a remedy for each problem; exit 1 if an enabled collector cannot run.
+    Doctor(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +119,20 @@ pub fn collectors(args: &RunArgs) -> anyhow::Result<()> {
     let config = config::load(path.as_deref())?;
     print!("{}", crate::listing::table(&config.collectors, &args.paths()));
     Ok(())
+}
+
+pub fn doctor(args: &RunArgs) -> ExitCode {
+    let path = args.config_path();
+    let config = match config::load(path.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (report, ok) = crate::doctor::report(&config.collectors, &args.paths());
+    print!("config {}\n{report}", describe(path.as_deref()));
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 pub fn describe(path: Option<&Path>) -> String {
