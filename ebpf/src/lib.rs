@@ -24,8 +24,14 @@ pub static NETBURST: Object = Object {
     bytes: aya::include_bytes_aligned!("../objects/netburst.bpf.o"),
 };
 
+/// mmap_lock wait per process and mode, and opens of /proc/PID/smaps.
+pub static STALLS: Object = Object {
+    name: "stalls",
+    bytes: aya::include_bytes_aligned!("../objects/stalls.bpf.o"),
+};
+
 /// Every embedded object.
-pub static ALL: &[&Object] = &[&NETBURST];
+pub static ALL: &[&Object] = &[&NETBURST, &STALLS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,6 +113,36 @@ mod tests {
             .collect();
         maps.sort_unstable();
         assert_eq!(maps, ["net_iface_ids", "net_owner_bytes", "net_rings"]);
+
+        let object = aya_obj::Object::parse(STALLS.bytes).expect("stalls parses");
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(
+            programs,
+            [
+                "hw_mmap_lock_acquired",
+                "hw_mmap_lock_start",
+                "hw_smaps_openat",
+                "hw_smaps_openat2"
+            ]
+        );
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        maps.sort_unstable();
+        assert_eq!(
+            maps,
+            [
+                "mmap_lock_start",
+                "mmap_lock_wait",
+                "smaps_events",
+                "smaps_lost",
+                "smaps_scratch"
+            ]
+        );
     }
 }
 
@@ -114,11 +150,11 @@ mod tests {
 mod root_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use aya::maps::{HashMap, PerCpuArray};
-    use aya::programs::BtfTracePoint;
+    use aya::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+    use aya::programs::{BtfTracePoint, TracePoint};
 
     use super::*;
-    use crate::maps::{NET_TRANSMIT, NetIface, NetRing};
+    use crate::maps::{MmapLockKey, MmapLockWait, NET_TRANSMIT, NetIface, NetRing, SmapsEvent};
 
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
@@ -171,5 +207,75 @@ mod root_tests {
         // perhaps a little other loopback traffic).
         assert!(packets >= 100, "packets {packets}");
         assert!(bytes >= 104_200, "bytes {bytes}");
+    }
+
+    /// Loads and attaches stalls for real: a child's mmap/munmap churn shows
+    /// as write-lock waits, and a child's open of its smaps_rollup
+    /// arrives as one event with the reader's pid and comm (the test binary,
+    /// not the agent, opens it: the agent never does).
+    #[test]
+    fn stalls_counts_mmap_lock_and_sees_smaps_opens() {
+        if !is_root() {
+            eprintln!("skipped: loading BPF programs needs root (CAP_BPF, CAP_PERFMON)");
+            return;
+        }
+        let mut ebpf = load(&STALLS).expect("loads");
+        for (program, category, tracepoint) in [
+            ("hw_mmap_lock_start", "mmap_lock", "mmap_lock_start_locking"),
+            ("hw_mmap_lock_acquired", "mmap_lock", "mmap_lock_acquire_returned"),
+            ("hw_smaps_openat", "syscalls", "sys_enter_openat"),
+        ] {
+            let program: &mut TracePoint = ebpf
+                .program_mut(program)
+                .expect("program")
+                .try_into()
+                .expect("tracepoint");
+            program.load().expect("verifier accepts");
+            program
+                .attach(category, tracepoint)
+                .expect("attaches (tracefs mounted?)");
+        }
+        // Each mmap and munmap takes the process's mmap_lock for writing.
+        let churn = std::process::Command::new("python3")
+            .args(["-c", "import mmap\nfor _ in range(1000): mmap.mmap(-1, 4096).close()"])
+            .spawn()
+            .expect("python3 runs");
+        let churn_pid = churn.id();
+        assert!(churn.wait_with_output().expect("python3 ends").status.success());
+        let child = std::process::Command::new("cat")
+            .arg("/proc/self/smaps_rollup")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("cat runs");
+        let child_pid = child.id();
+        let status = child.wait_with_output().expect("cat ends").status;
+        assert!(status.success());
+
+        let waits: PerCpuHashMap<_, MmapLockKey, MmapLockWait> =
+            PerCpuHashMap::try_from(ebpf.map("mmap_lock_wait").expect("map")).expect("hash");
+        let key = MmapLockKey {
+            tgid: churn_pid,
+            write: 1,
+        };
+        let per_cpu = waits.get(&key, 0).expect("the churning process took its write lock");
+        let count: u64 = per_cpu.iter().map(|w| w.count).sum();
+        let bucketed: u64 = per_cpu.iter().flat_map(|w| w.buckets).sum();
+        let wait_ns: u64 = per_cpu.iter().map(|w| w.wait_ns).sum();
+        assert!(count >= 1000, "write locks {count}");
+        assert_eq!(bucketed, count, "every wait is in one bucket");
+        assert!(wait_ns > 0);
+
+        let mut ring = RingBuf::try_from(ebpf.map_mut("smaps_events").expect("map")).expect("ring");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            events.push(SmapsEvent::from_bytes(&item).expect("a whole event"));
+        }
+        let event = events
+            .iter()
+            .find(|e| e.tgid == child_pid)
+            .unwrap_or_else(|| panic!("the child's open among {events:?}"));
+        assert_eq!(event.comm(), b"cat");
+        assert_eq!(event.path(), b"/proc/self/smaps_rollup");
+        assert!(event.time_ns > 0);
     }
 }
