@@ -14,6 +14,9 @@ pub enum MetricKind {
     Counter,
     /// Goes up and down; `_info` families are gauges fixed at 1.
     Gauge,
+    /// Observations counted into buckets, with their sum and count: exposed as
+    /// `NAME_bucket{le}`, `NAME_sum` and `NAME_count`.
+    Histogram,
 }
 
 /// A metric family's static description: name, help, type and label names.
@@ -43,13 +46,27 @@ impl Desc {
             labels,
         }
     }
+
+    /// A histogram family; `name` has no suffix (`hostwatch_x_seconds`).
+    pub const fn histogram(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Histogram,
+            labels,
+        }
+    }
 }
 
-/// One series: label values in the order of [`Desc::labels`], and its value.
+/// One series: label values in the order of [`Desc::labels`], and its value
+/// (a histogram's sum), with a histogram's count and buckets.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
     label_values: Vec<String>,
     value: f64,
+    count: u64,
+    /// (upper bound, observations in this bucket alone), ending with +Inf.
+    buckets: Vec<(f64, u64)>,
 }
 
 impl Series {
@@ -57,8 +74,20 @@ impl Series {
         &self.label_values
     }
 
+    /// A counter's or gauge's value; a histogram's sum.
     pub fn value(&self) -> f64 {
         self.value
+    }
+
+    /// A histogram's number of observations.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// A histogram's buckets: (upper bound, observations in that bucket alone,
+    /// not cumulative), ascending, the last bound +Inf.
+    pub fn buckets(&self) -> &[(f64, u64)] {
+        &self.buckets
     }
 }
 
@@ -99,9 +128,43 @@ impl MetricSet {
     /// a mismatch is a programming error and is caught by tests, so it is dropped
     /// here rather than panicking in the agent.
     pub fn push(&mut self, desc: &'static Desc, label_values: &[&str], value: f64) {
+        debug_assert_ne!(desc.kind, MetricKind::Histogram, "{} takes push_histogram", desc.name);
+        if let Some(series) = self.next_series(desc, label_values) {
+            series.value = value;
+        }
+    }
+
+    /// Adds one histogram series: `buckets` are (upper bound, observations in
+    /// that bucket alone) in ascending order; a +Inf bucket is added when the
+    /// last bound is finite, holding what `count` has beyond the others.
+    pub fn push_histogram(
+        &mut self,
+        desc: &'static Desc,
+        label_values: &[&str],
+        sum: f64,
+        count: u64,
+        buckets: impl IntoIterator<Item = (f64, u64)>,
+    ) {
+        debug_assert_eq!(desc.kind, MetricKind::Histogram, "{} takes push", desc.name);
+        let Some(series) = self.next_series(desc, label_values) else {
+            return;
+        };
+        series.value = sum;
+        series.count = count;
+        series.buckets.clear();
+        series.buckets.extend(buckets);
+        if series.buckets.last().is_none_or(|(bound, _)| bound.is_finite()) {
+            let counted: u64 = series.buckets.iter().map(|(_, n)| n).sum();
+            series.buckets.push((f64::INFINITY, count.saturating_sub(counted)));
+        }
+    }
+
+    /// The next series of `desc`'s family with `label_values` written, its
+    /// buffers reused from earlier collections.
+    fn next_series(&mut self, desc: &'static Desc, label_values: &[&str]) -> Option<&mut Series> {
         debug_assert_eq!(desc.labels.len(), label_values.len(), "labels of {}", desc.name);
         if desc.labels.len() != label_values.len() {
-            return;
+            return None;
         }
         let family = self.family_mut(desc);
         if family.len == family.series.len() {
@@ -114,7 +177,7 @@ impl MetricSet {
             slot.clear();
             slot.push_str(value);
         }
-        series.value = value;
+        Some(series)
     }
 
     /// The families that hold at least one series after the last collection.
@@ -122,9 +185,14 @@ impl MetricSet {
         self.families.iter().filter(|f| f.len > 0)
     }
 
-    /// The value of one series, for tests and for collectors that derive one
-    /// metric from another.
+    /// The value of one series (a histogram's sum), for tests and for
+    /// collectors that derive one metric from another.
     pub fn get(&self, name: &str, label_values: &[&str]) -> Option<f64> {
+        self.series(name, label_values).map(Series::value)
+    }
+
+    /// One series, histograms' buckets included.
+    pub fn series(&self, name: &str, label_values: &[&str]) -> Option<&Series> {
         self.families()
             .find(|f| f.desc.name == name)?
             .series()
@@ -135,7 +203,6 @@ impl MetricSet {
                     .map(String::as_str)
                     .eq(label_values.iter().copied())
             })
-            .map(|s| s.value)
     }
 
     fn family_mut(&mut self, desc: &'static Desc) -> &mut Family {
@@ -174,6 +241,9 @@ impl fmt::Display for MetricSet {
                     f.write_str("}")?;
                 }
                 writeln!(f, " {}", series.value)?;
+                if family.desc.kind == MetricKind::Histogram {
+                    writeln!(f, "  count {} buckets {:?}", series.count, series.buckets)?;
+                }
             }
         }
         Ok(())
@@ -199,5 +269,23 @@ mod tests {
         assert_eq!(set.get("a_total", &["three"]), Some(4.0));
         assert_eq!(set.get("a_total", &["one"]), None);
         assert_eq!(set.get("b", &[]), None);
+    }
+
+    static H: Desc = Desc::histogram("h_seconds", "H.", &["x"]);
+
+    #[test]
+    fn histograms_get_an_infinite_bucket() {
+        let mut set = MetricSet::default();
+        set.push_histogram(&H, &["one"], 2.5, 10, [(0.1, 3), (1.0, 5)]);
+        let series = set.series("h_seconds", &["one"]).expect("series");
+        assert_eq!(series.value(), 2.5);
+        assert_eq!(series.count(), 10);
+        assert_eq!(series.buckets(), [(0.1, 3), (1.0, 5), (f64::INFINITY, 2)]);
+        set.clear();
+        set.push_histogram(&H, &["two"], 0.0, 1, [(f64::INFINITY, 1)]);
+        assert_eq!(
+            set.series("h_seconds", &["two"]).map(Series::buckets),
+            Some(&[(f64::INFINITY, 1)][..])
+        );
     }
 }

@@ -104,6 +104,7 @@ impl Collector for Snapshot {
                     MetricType::Counter,
                 ),
                 MetricKind::Gauge => (desc.name, MetricType::Gauge),
+                MetricKind::Histogram => (desc.name, MetricType::Histogram),
             };
             let mut metric = encoder.encode_descriptor(name, desc.help, None, metric_type)?;
             for one in series {
@@ -115,6 +116,9 @@ impl Collector for Snapshot {
                 match desc.kind {
                     MetricKind::Counter => family.encode_counter::<NoLabelSet, _, f64>(&one.value(), None)?,
                     MetricKind::Gauge => family.encode_gauge(&one.value())?,
+                    MetricKind::Histogram => {
+                        family.encode_histogram::<NoLabelSet>(one.value(), one.count(), one.buckets(), None)?;
+                    }
                 }
             }
         }
@@ -144,6 +148,7 @@ mod tests {
     static REQUESTS: Desc = Desc::counter("t_requests_total", "Requests by code.", &["code"]);
     static TEMP: Desc = Desc::gauge("t_temperature_celsius", "A \\ backslash\nand newline.", &["room"]);
     static UP: Desc = Desc::gauge("t_up", "Up.", &[]);
+    static WAIT: Desc = Desc::histogram("t_wait_seconds", "Waits.", &["mode"]);
 
     fn sets() -> Vec<Arc<MetricSet>> {
         let mut first = MetricSet::default();
@@ -172,6 +177,22 @@ mod tests {
              # HELP t_up Up.\n\
              # TYPE t_up gauge\n\
              t_up 1.0\n"
+        );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut set = MetricSet::default();
+        set.push_histogram(&WAIT, &["read"], 0.75, 4, [(0.5, 3)]);
+        let text = encode(Format::PrometheusText, vec![Arc::new(set)]).unwrap();
+        assert_eq!(
+            text,
+            "# HELP t_wait_seconds Waits.\n\
+             # TYPE t_wait_seconds histogram\n\
+             t_wait_seconds_bucket{mode=\"read\",le=\"0.5\"} 3\n\
+             t_wait_seconds_bucket{mode=\"read\",le=\"+Inf\"} 4\n\
+             t_wait_seconds_sum{mode=\"read\"} 0.75\n\
+             t_wait_seconds_count{mode=\"read\"} 4\n"
         );
     }
 
