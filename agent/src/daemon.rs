@@ -82,7 +82,7 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(Arc::clone(&self.facts)));
         let mut agent = AgentMetrics::default();
         shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
         let mut scheduler = Scheduler::start(ALL, &self.context(), &shared);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use hostwatch_collectors::facts::HostFacts;
 use hostwatch_collectors::{CollectError, Collector, CollectorSpec, Context, Desc, MetricSet, Plan, Unavailable};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
@@ -50,6 +51,9 @@ const ERROR_KINDS: [&str; 4] = ["io", "parse", "timeout", "panic"];
 #[derive(Debug, Default)]
 pub struct Shared {
     pub store: Store,
+    /// What collectors learned, for the server's debug pages (the same facts
+    /// every collector's context holds).
+    pub facts: Arc<HostFacts>,
     first_round: Readiness,
     /// Milliseconds since `epoch` of the last tick of any collector task.
     heartbeat: AtomicU64,
@@ -64,6 +68,13 @@ struct Readiness {
 }
 
 impl Shared {
+    pub fn new(facts: Arc<HostFacts>) -> Self {
+        Self {
+            facts,
+            ..Self::default()
+        }
+    }
+
     /// True once every enabled collector has had its first attempt.
     pub fn is_ready(&self) -> bool {
         self.first_round.done.load(Ordering::Acquire)

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and `/debug/stalls`
+//! (the recent smaps reads the `stalls` collector saw, as JSON).
 //!
 //! Reads only the [`Store`]; needs a listening socket. Bounded against slow and
 //! greedy clients: a header read timeout (slowloris), a maximum request head,
@@ -93,7 +94,7 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 
 fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/debug/stalls") {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -107,6 +108,7 @@ fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
         "/healthz" => plain(StatusCode::OK, "ok\n"),
         "/readyz" if shared.is_ready() => plain(StatusCode::OK, "ready\n"),
         "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "first collection not done\n"),
+        "/debug/stalls" => stalls(shared),
         _ => metrics(request, shared),
     }
 }
@@ -133,6 +135,19 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")
         }
     }
+}
+
+/// `{"smaps_reads": [...]}`, oldest first: who opened whose smaps, when.
+fn stalls(shared: &Shared) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "smaps_reads": shared.facts.recent_smaps_reads(),
+        "capacity": hostwatch_collectors::facts::RECENT_SMAPS_READS,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process, stalls};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -23,6 +23,7 @@ pub struct CollectorsConfig {
     pub netdev: netdev::Config,
     pub ethtool: ethtool::Config,
     pub process: process::Config,
+    pub stalls: stalls::Config,
 }
 
 /// The schedule keys every collector section has.

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod netdev;
 pub mod pressure;
 pub mod process;
+pub mod stalls;
 
 #[cfg(test)]
 mod testing;
@@ -44,6 +45,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &netdev::SPEC,
     &ethtool::SPEC,
     &process::SPEC,
+    &stalls::SPEC,
 ];
 
 /// The collector named `name`.
