@@ -11,8 +11,12 @@
  * matching opens reach userspace). Needs CAP_BPF + CAP_PERFMON and tracefs.
  *
  * mmap_lock fires on every lock of every process, so its path is constant
- * work with no per-event output: one hash lookup at start, one lookup and
- * per-CPU adds at acquire.
+ * work with no per-event output: one hash update at start, one lookup and
+ * delete at acquire. Only waits of at least HW_MMAP_LOCK_MIN_WAIT_NS (the
+ * lock was contended) touch the totals: those are rare, so their atomic adds
+ * cost nothing in aggregate, and the totals map holds only processes that
+ * really waited, one value each however many CPUs the host has (userspace
+ * reads it every few seconds; per-CPU values would be 272 bytes per CPU).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -32,9 +36,9 @@ struct {
 
 /* LRU: a host with many short-lived processes evicts the oldest instead of
  * refusing new ones; userspace counts an evicted-then-returning key as a
- * reset, so totals stay monotonic. Per CPU: no atomics on the hot path. */
+ * reset, so totals stay monotonic. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, HW_MMAP_LOCK_PROCESSES);
 	__type(key, struct hw_mmap_lock_key);
 	__type(value, struct hw_mmap_lock_wait);
@@ -94,6 +98,8 @@ int hw_mmap_lock_acquired(struct trace_event_raw_mmap_lock_acquire_returned *ctx
 		return 0; /* a trylock: no start_locking, no wait */
 	__u64 wait = bpf_ktime_get_ns() - *start;
 	bpf_map_delete_elem(&mmap_lock_start, &id);
+	if (wait < HW_MMAP_LOCK_MIN_WAIT_NS)
+		return 0; /* uncontended: the lock was free */
 
 	struct hw_mmap_lock_key key = {
 		.tgid = id >> 32,
@@ -107,9 +113,9 @@ int hw_mmap_lock_acquired(struct trace_event_raw_mmap_lock_acquire_returned *ctx
 		if (!value)
 			return 0;
 	}
-	value->wait_ns += wait;
-	value->count += 1;
-	value->buckets[log2_bucket(wait)] += 1;
+	__sync_fetch_and_add(&value->wait_ns, wait);
+	__sync_fetch_and_add(&value->count, 1);
+	__sync_fetch_and_add(&value->buckets[log2_bucket(wait)], 1);
 	return 0;
 }
 

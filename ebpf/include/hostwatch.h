@@ -47,6 +47,9 @@ struct hw_net_owner {
 #define HW_MMAP_LOCK_WAITERS 16384
 /* Processes with mmap_lock totals; the least recently updated are evicted. */
 #define HW_MMAP_LOCK_PROCESSES 8192
+/* Shorter waits are an uncontended lock taken (the tracepoints themselves
+ * take about this long) and are not counted: 2^10 ns, a bucket boundary. */
+#define HW_MMAP_LOCK_MIN_WAIT_NS 1024
 /* log2 nanosecond buckets of the wait histogram: bucket b counts waits in
  * [2^b, 2^(b+1)) ns; the last one also counts everything longer (> 2.1 s). */
 #define HW_MMAP_LOCK_BUCKETS 32
@@ -57,7 +60,7 @@ struct hw_mmap_lock_key {
 	__u32 write; /* 1: mmap_write_lock, 0: mmap_read_lock */
 };
 
-/* Value of mmap_lock_wait, one per CPU: totals since the program attached. */
+/* Value of mmap_lock_wait: totals of counted waits since the program attached. */
 struct hw_mmap_lock_wait {
 	__u64 wait_ns;
 	__u64 count;

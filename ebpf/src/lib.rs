@@ -150,11 +150,11 @@ mod tests {
 mod root_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use aya::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+    use aya::maps::{HashMap, PerCpuArray, RingBuf};
     use aya::programs::{BtfTracePoint, TracePoint};
 
     use super::*;
-    use crate::maps::{MmapLockKey, MmapLockWait, NET_TRANSMIT, NetIface, NetRing, SmapsEvent};
+    use crate::maps::{MMAP_LOCK_MIN_WAIT_NS, MmapLockKey, MmapLockWait, NET_TRANSMIT, NetIface, NetRing, SmapsEvent};
 
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
@@ -209,8 +209,8 @@ mod root_tests {
         assert!(bytes >= 104_200, "bytes {bytes}");
     }
 
-    /// Loads and attaches stalls for real: a child's mmap/munmap churn shows
-    /// as write-lock waits, and a child's open of its smaps_rollup
+    /// Loads and attaches stalls for real: waits are counted consistently
+    /// while a child churns mmap/munmap, and a child's open of its smaps_rollup
     /// arrives as one event with the reader's pid and comm (the test binary,
     /// not the agent, opens it: the agent never does).
     #[test]
@@ -240,7 +240,6 @@ mod root_tests {
             .args(["-c", "import mmap\nfor _ in range(1000): mmap.mmap(-1, 4096).close()"])
             .spawn()
             .expect("python3 runs");
-        let churn_pid = churn.id();
         assert!(churn.wait_with_output().expect("python3 ends").status.success());
         let child = std::process::Command::new("cat")
             .arg("/proc/self/smaps_rollup")
@@ -251,19 +250,21 @@ mod root_tests {
         let status = child.wait_with_output().expect("cat ends").status;
         assert!(status.success());
 
-        let waits: PerCpuHashMap<_, MmapLockKey, MmapLockWait> =
-            PerCpuHashMap::try_from(ebpf.map("mmap_lock_wait").expect("map")).expect("hash");
-        let key = MmapLockKey {
-            tgid: churn_pid,
-            write: 1,
-        };
-        let per_cpu = waits.get(&key, 0).expect("the churning process took its write lock");
-        let count: u64 = per_cpu.iter().map(|w| w.count).sum();
-        let bucketed: u64 = per_cpu.iter().flat_map(|w| w.buckets).sum();
-        let wait_ns: u64 = per_cpu.iter().map(|w| w.wait_ns).sum();
-        assert!(count >= 1000, "write locks {count}");
-        assert_eq!(bucketed, count, "every wait is in one bucket");
-        assert!(wait_ns > 0);
+        // Uncontended locks are not counted: the churn alone may leave no
+        // entry, and whatever it left is consistent.
+        let waits: HashMap<_, MmapLockKey, MmapLockWait> =
+            HashMap::try_from(ebpf.map("mmap_lock_wait").expect("map")).expect("hash");
+        for entry in waits.iter() {
+            let (key, wait) = entry.expect("entry");
+            assert!(key.write <= 1);
+            assert_eq!(
+                wait.buckets.iter().sum::<u64>(),
+                wait.count,
+                "every wait is in one bucket"
+            );
+            assert!(wait.wait_ns >= wait.count * MMAP_LOCK_MIN_WAIT_NS, "{key:?} {wait:?}");
+            assert_eq!(wait.buckets[..10].iter().sum::<u64>(), 0, "nothing under 1024 ns");
+        }
 
         let mut ring = RingBuf::try_from(ebpf.map_mut("smaps_events").expect("map")).expect("ring");
         let mut events = Vec::new();

@@ -49,7 +49,11 @@ pub struct MmapLockKey {
     pub write: u32,
 }
 
-/// `struct hw_mmap_lock_wait`: value of `mmap_lock_wait`, one per CPU.
+/// Waits shorter than this are not counted (`HW_MMAP_LOCK_MIN_WAIT_NS`): an
+/// uncontended lock.
+pub const MMAP_LOCK_MIN_WAIT_NS: u64 = 1024;
+
+/// `struct hw_mmap_lock_wait`: value of `mmap_lock_wait`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MmapLockWait {
