@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, memory, netdev, pressure, process, stalls};
+use crate::{cgroups, cpu, ethtool, hotspots, memory, netdev, pressure, process, stalls};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -24,6 +24,7 @@ pub struct CollectorsConfig {
     pub ethtool: ethtool::Config,
     pub process: process::Config,
     pub stalls: stalls::Config,
+    pub hotspots: hotspots::Config,
 }
 
 /// The schedule keys every collector section has.

@@ -20,6 +20,7 @@ pub mod sample;
 pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
+pub mod hotspots;
 pub mod memory;
 pub mod netdev;
 pub mod pressure;
@@ -46,6 +47,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &ethtool::SPEC,
     &process::SPEC,
     &stalls::SPEC,
+    &hotspots::SPEC,
 ];
 
 /// The collector named `name`.
