@@ -125,7 +125,7 @@ pub static SPEC: CollectorSpec = CollectorSpec {
         if !paths.proc("self/stat").exists() {
             return Err(Unavailable::new(format!(
                 "{} is not a live procfs: perf samples the running kernel, whose symbols and threads only the live procfs names",
-                paths.proc("").display()
+                paths.procfs().display()
             )));
         }
         let watched = Watched::load(&paths.proc("kallsyms"), &config.watch.0)?;

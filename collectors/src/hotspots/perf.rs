@@ -102,8 +102,9 @@ impl Perf {
     }
 }
 
-/// The longest [`probe`] keeps this thread busy in the kernel.
-const PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest [`probe`] keeps this thread busy in the kernel: well inside
+/// the collector's 1 s build timeout.
+const PROBE: std::time::Duration = std::time::Duration::from_millis(500);
 /// The probe stops once it has this many samples.
 const PROBE_ENOUGH: usize = 20;
 /// Below this many samples the probe decides nothing (a starved thread). The

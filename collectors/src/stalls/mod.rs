@@ -112,7 +112,7 @@ fn require_live_procfs(paths: &HostPaths) -> Result<(), Unavailable> {
     } else {
         Err(Unavailable::new(format!(
             "{} is not a live procfs: eBPF sees the running kernel's processes, which only the live procfs can name",
-            paths.proc("").display()
+            paths.procfs().display()
         )))
     }
 }
