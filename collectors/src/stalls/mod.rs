@@ -86,7 +86,7 @@ static WAIT_DURATION: Desc = Desc::histogram(
 );
 static SMAPS_READS: Desc = Desc::counter(
     "hostwatch_smaps_reads_total",
-    "Opens of /proc/PID/smaps or smaps_rollup: each makes the kernel walk the target's page tables under its mmap_lock.",
+    "Opens of /proc/PID/smaps or smaps_rollup (target self: its own): each makes the kernel walk the target's page tables under its mmap_lock.",
     &["reader", "target"],
 );
 static SMAPS_LOST: Desc = Desc::counter(
@@ -101,6 +101,9 @@ static LABEL_OVERFLOWS: Desc = Desc::counter(
 );
 
 const MODES: [&str; 2] = ["read", "write"];
+
+/// The `target` of a process's reads of its own smaps.
+const SELF: &str = "self";
 
 /// Exported histogram bounds, as powers of two nanoseconds: 4.1 us to 1.07 s,
 /// a factor of four apart. The kernel's log2 buckets sum into them exactly.
@@ -260,7 +263,14 @@ impl<S: Source> Stalls<S> {
                 self.comm(target_pid)
             };
             let reader = self.label(event.tgid, &reader_comm);
-            let target = self.label(target_pid, &target_comm);
+            // A process reading its own smaps stalls only itself: `self`
+            // keeps it out of joins on the target (the alert's "another
+            // process reads its smaps").
+            let target = if target_pid == event.tgid {
+                SELF.to_owned()
+            } else {
+                self.label(target_pid, &target_comm)
+            };
             let pair =
                 if self.reads.len() < self.max_pairs || self.reads.contains_key(&(reader.clone(), target.clone())) {
                     (reader, target)

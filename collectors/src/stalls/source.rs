@@ -4,8 +4,6 @@
 //! Needs, for real: root (CAP_BPF + CAP_PERFMON), kernel BTF, and tracefs
 //! mounted (classic tracepoints are found by their tracefs id).
 
-use std::path::Path;
-
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use hostwatch_ebpf::maps::{MmapLockKey, MmapLockWait, SmapsEvent};
@@ -48,10 +46,18 @@ impl Bpf {
     pub fn attach() -> Result<Self, Unavailable> {
         // aya remembers a missing tracefs for the life of the process, so ask
         // first: a tracefs mounted later is then still found at the retry.
-        if !TRACEFS.iter().any(|path| Path::new(path).is_dir()) {
-            return Err(Unavailable::new(
-                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): the mmap_lock and openat tracepoints need it",
-            ));
+        let looked: Vec<_> = TRACEFS.iter().map(|path| std::fs::metadata(path).map(|m| m.is_dir())).collect();
+        if !looked.iter().any(|found| matches!(found, Ok(true))) {
+            // tracefs is root's alone (mode 700): not seeing it is no proof
+            // that it is not there.
+            let denied = looked
+                .iter()
+                .any(|found| matches!(found, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied));
+            return Err(Unavailable::new(if denied {
+                "eBPF not permitted (needs root, or CAP_BPF and CAP_PERFMON): tracefs is not readable"
+            } else {
+                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): the mmap_lock and openat tracepoints need it"
+            }));
         }
         let mut ebpf = load_and_attach(
             &STALLS,
