@@ -51,7 +51,9 @@ impl Helper {
     fn victim() -> Self {
         let mut victim = Self::python("mmap_churn.py", &["4000"]);
         let mut line = String::new();
-        BufReader::new(victim.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(victim.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line, "ready\n", "the churner started");
         victim
     }
@@ -213,12 +215,14 @@ fn smaps_storm_is_measured_named_alerted_and_sampled() {
         .clone();
     assert_eq!(listed["reader_comm"], "smaps_reader");
     assert_eq!(listed["target_comm"], "mmap_churn");
-    assert!(listed["file"] == "smaps" || listed["file"] == "smaps_rollup", "{listed}");
+    assert!(
+        listed["file"] == "smaps" || listed["file"] == "smaps_rollup",
+        "{listed}"
+    );
     assert!((now - listed["time"].as_f64().unwrap()).abs() < 60.0, "{listed}");
 
-    let histogram = format!(
-        "hostwatch_mmap_lock_wait_duration_seconds_count{{process=\"{victim_label}\",mode=\"write\"}}"
-    );
+    let histogram =
+        format!("hostwatch_mmap_lock_wait_duration_seconds_count{{process=\"{victim_label}\",mode=\"write\"}}");
     assert!(value(&text, &histogram).is_some_and(|n| n > 0.0), "{text}");
 
     hot_spot_names_the_reader(&agent);
@@ -229,9 +233,14 @@ fn smaps_storm_is_measured_named_alerted_and_sampled() {
     let text = agent.metrics();
     for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let name = family.split(' ').next().unwrap();
-        if ["hostwatch_mmap_lock", "hostwatch_smaps", "hostwatch_stalls", "hostwatch_kernel"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
+        if [
+            "hostwatch_mmap_lock",
+            "hostwatch_smaps",
+            "hostwatch_stalls",
+            "hostwatch_kernel",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
         {
             assert!(readme.contains(&format!("`{name}`")), "README.md does not list {name}");
         }
@@ -329,7 +338,13 @@ fn without_root_the_collectors_are_down_with_a_reason() {
     let setpriv = require_program("setpriv");
     let bin = support::bin();
     let mut child = Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(bin)
         .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("HOSTWATCH_LOG", "info")
@@ -365,17 +380,35 @@ fn without_root_the_collectors_are_down_with_a_reason() {
         },
         "both collectors reported down",
     );
-    eprintln!("as nobody:\n{}", text.lines().filter(|l| l.contains("unavailable_info{")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "as nobody:\n{}",
+        text.lines()
+            .filter(|l| l.contains("unavailable_info{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let _ = child.kill();
     let _ = child.wait();
     let reason = |collector: &str| {
         text.lines()
-            .find(|l| l.starts_with(&format!("hostwatch_collector_unavailable_info{{collector=\"{collector}\"")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "hostwatch_collector_unavailable_info{{collector=\"{collector}\""
+                ))
+            })
             .unwrap()
             .to_owned()
     };
     assert!(reason("stalls").contains("not permitted"), "{}", reason("stalls"));
-    assert!(reason("hotspots").contains("every address as 0"), "{}", reason("hotspots"));
+    assert!(
+        reason("hotspots").contains("every address as 0"),
+        "{}",
+        reason("hotspots")
+    );
     assert_eq!(value(&text, "hostwatch_collector_up{collector=\"stalls\"}"), Some(0.0));
-    assert_eq!(value(&text, "hostwatch_collector_up{collector=\"cpu\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        value(&text, "hostwatch_collector_up{collector=\"cpu\"}"),
+        Some(1.0),
+        "{text}"
+    );
 }

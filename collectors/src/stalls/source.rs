@@ -46,7 +46,10 @@ impl Bpf {
     pub fn attach() -> Result<Self, Unavailable> {
         // aya remembers a missing tracefs for the life of the process, so ask
         // first: a tracefs mounted later is then still found at the retry.
-        let looked: Vec<_> = TRACEFS.iter().map(|path| std::fs::metadata(path).map(|m| m.is_dir())).collect();
+        let looked: Vec<_> = TRACEFS
+            .iter()
+            .map(|path| std::fs::metadata(path).map(|m| m.is_dir()))
+            .collect();
         if !looked.iter().any(|found| matches!(found, Ok(true))) {
             // tracefs is root's alone (mode 700): not seeing it is no proof
             // that it is not there.

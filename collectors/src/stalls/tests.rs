@@ -260,7 +260,10 @@ fn labels_and_pairs_are_bounded() {
         kernel.events.push(event(300, "bash", "/proc/100/smaps", 0));
     }
     let set = collect(&mut s.stalls);
-    assert_eq!(set.get("hostwatch_smaps_reads_total", &["smaps_reader/200", "self"]), Some(1.0));
+    assert_eq!(
+        set.get("hostwatch_smaps_reads_total", &["smaps_reader/200", "self"]),
+        Some(1.0)
+    );
     assert_eq!(set.get("hostwatch_smaps_reads_total", &["other", "other"]), Some(1.0));
     assert_eq!(set.get("hostwatch_stalls_label_overflows_total", &[]), Some(2.0));
 }
