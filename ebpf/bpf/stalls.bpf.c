@@ -4,15 +4,20 @@
  * opens /proc/PID/smaps or smaps_rollup (DESIGN.md: reading smaps walks the
  * target's page tables under its mmap_lock and stalls it).
  *
- * Hooks: tracepoint/mmap_lock/mmap_lock_start_locking and
- * mmap_lock_acquire_returned (wait = acquire - start per thread; returns
- * without a start are trylocks and are ignored), tracepoint/syscalls/
- * sys_enter_openat and sys_enter_openat2 (path filter in the kernel: only
- * matching opens reach userspace). Needs CAP_BPF + CAP_PERFMON and tracefs.
+ * Hooks: tp_btf/mmap_lock_start_locking and mmap_lock_acquire_returned
+ * (wait = acquire - start per thread; returns without a start are trylocks
+ * and are ignored), tracepoint/syscalls/sys_enter_openat and
+ * sys_enter_openat2 (path filter in the kernel: only matching opens reach
+ * userspace). Needs BTF, CAP_BPF + CAP_PERFMON and tracefs (for the openat
+ * tracepoints' ids).
  *
  * mmap_lock fires on every lock of every process, so its path is constant
- * work with no per-event output: one hash update at start, one lookup and
- * delete at acquire. Only waits of at least HW_MMAP_LOCK_MIN_WAIT_NS (the
+ * work with no per-event output and no lock: tp_btf (no trace record is
+ * built) and a start-time slot per thread in an array (an inlined lookup),
+ * not a hash (whose update and delete take a spinlock). Measured on the dev
+ * VM per lock acquisition, both tracepoints: classic tracepoints with a hash
+ * +803 ns, tp_btf with a hash +608 ns, tp_btf with the array +291 ns, empty
+ * tp_btf programs +166 ns. Only waits of at least HW_MMAP_LOCK_MIN_WAIT_NS (the
  * lock was contended) touch the totals: those are rare, so their atomic adds
  * cost nothing in aggregate, and the totals map holds only processes that
  * really waited, one value each however many CPUs the host has (userspace
@@ -21,17 +26,29 @@
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "hostwatch.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* Threads between start_locking and acquire_returned right now. */
+/* Start-time slots, indexed by thread id modulo their number (a power of
+ * two). Two threads sharing a slot and taking an mmap_lock at the same
+ * moment overwrite each other: the one overwritten finds another id there
+ * and its wait goes uncounted. That needs tids 65536 apart in the lock at
+ * once: rare enough for 1 MiB. */
+#define MMAP_LOCK_SLOTS 65536
+
+struct mmap_lock_slot {
+	__u64 id;    /* pid_tgid of the thread that started waiting */
+	__u64 start; /* 0: no wait in progress */
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, HW_MMAP_LOCK_WAITERS);
-	__type(key, __u64);
-	__type(value, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MMAP_LOCK_SLOTS);
+	__type(key, __u32);
+	__type(value, struct mmap_lock_slot);
 } mmap_lock_start SEC(".maps");
 
 /* LRU: a host with many short-lived processes evicts the oldest instead of
@@ -66,12 +83,16 @@ struct {
 	__type(value, __u64);
 } smaps_lost SEC(".maps");
 
-SEC("tracepoint/mmap_lock/mmap_lock_start_locking")
-int hw_mmap_lock_start(struct trace_event_raw_mmap_lock *ctx)
+SEC("tp_btf/mmap_lock_start_locking")
+int BPF_PROG(hw_mmap_lock_start, struct mm_struct *mm, bool write)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&mmap_lock_start, &id, &now, BPF_ANY);
+	__u32 index = (__u32)id & (MMAP_LOCK_SLOTS - 1);
+	struct mmap_lock_slot *slot = bpf_map_lookup_elem(&mmap_lock_start, &index);
+	if (slot) {
+		slot->id = id;
+		slot->start = bpf_ktime_get_ns();
+	}
 	return 0;
 }
 
@@ -89,21 +110,23 @@ static __always_inline __u32 log2_bucket(__u64 v)
 	return r < HW_MMAP_LOCK_BUCKETS ? r : HW_MMAP_LOCK_BUCKETS - 1;
 }
 
-SEC("tracepoint/mmap_lock/mmap_lock_acquire_returned")
-int hw_mmap_lock_acquired(struct trace_event_raw_mmap_lock_acquire_returned *ctx)
+SEC("tp_btf/mmap_lock_acquire_returned")
+int BPF_PROG(hw_mmap_lock_acquired, struct mm_struct *mm, bool write, bool success)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 *start = bpf_map_lookup_elem(&mmap_lock_start, &id);
-	if (!start)
-		return 0; /* a trylock: no start_locking, no wait */
-	__u64 wait = bpf_ktime_get_ns() - *start;
-	bpf_map_delete_elem(&mmap_lock_start, &id);
+	__u32 index = (__u32)id & (MMAP_LOCK_SLOTS - 1);
+	struct mmap_lock_slot *slot = bpf_map_lookup_elem(&mmap_lock_start, &index);
+	/* No start of ours: a trylock (no start_locking), or the slot was taken. */
+	if (!slot || slot->id != id || !slot->start)
+		return 0;
+	__u64 wait = bpf_ktime_get_ns() - slot->start;
+	slot->start = 0;
 	if (wait < HW_MMAP_LOCK_MIN_WAIT_NS)
 		return 0; /* uncontended: the lock was free */
 
 	struct hw_mmap_lock_key key = {
 		.tgid = id >> 32,
-		.write = ctx->write ? 1 : 0,
+		.write = write ? 1 : 0,
 	};
 	struct hw_mmap_lock_wait *value = bpf_map_lookup_elem(&mmap_lock_wait, &key);
 	if (!value) {

@@ -43,8 +43,6 @@ struct hw_net_owner {
 
 /* ---- stalls: mmap_lock wait and smaps readers ---- */
 
-/* Threads waiting for an mmap_lock at once (key: pid_tgid). */
-#define HW_MMAP_LOCK_WAITERS 16384
 /* Processes with mmap_lock totals; the least recently updated are evicted. */
 #define HW_MMAP_LOCK_PROCESSES 8192
 /* Shorter waits are an uncontended lock taken (the tracepoints themselves

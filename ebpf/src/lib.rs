@@ -220,21 +220,24 @@ mod root_tests {
             return;
         }
         let mut ebpf = load(&STALLS).expect("loads");
-        for (program, category, tracepoint) in [
-            ("hw_mmap_lock_start", "mmap_lock", "mmap_lock_start_locking"),
-            ("hw_mmap_lock_acquired", "mmap_lock", "mmap_lock_acquire_returned"),
-            ("hw_smaps_openat", "syscalls", "sys_enter_openat"),
+        let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
+        for (program, tracepoint) in [
+            ("hw_mmap_lock_start", "mmap_lock_start_locking"),
+            ("hw_mmap_lock_acquired", "mmap_lock_acquire_returned"),
         ] {
-            let program: &mut TracePoint = ebpf
-                .program_mut(program)
-                .expect("program")
-                .try_into()
-                .expect("tracepoint");
-            program.load().expect("verifier accepts");
-            program
-                .attach(category, tracepoint)
-                .expect("attaches (tracefs mounted?)");
+            let program: &mut BtfTracePoint = ebpf.program_mut(program).expect("program").try_into().expect("tp_btf");
+            program.load(tracepoint, &btf).expect("verifier accepts");
+            program.attach().expect("attaches");
         }
+        let program: &mut TracePoint = ebpf
+            .program_mut("hw_smaps_openat")
+            .expect("program")
+            .try_into()
+            .expect("tracepoint");
+        program.load().expect("verifier accepts");
+        program
+            .attach("syscalls", "sys_enter_openat")
+            .expect("attaches (tracefs mounted?)");
         // Each mmap and munmap takes the process's mmap_lock for writing.
         let churn = std::process::Command::new("python3")
             .args(["-c", "import mmap\nfor _ in range(1000): mmap.mmap(-1, 4096).close()"])

@@ -1,8 +1,9 @@
 //! Where the `stalls` collector's numbers come from: the `stalls` BPF object
 //! for real, or a scripted source in tests.
 //!
-//! Needs, for real: root (CAP_BPF + CAP_PERFMON), kernel BTF, and tracefs
-//! mounted (classic tracepoints are found by their tracefs id).
+//! Needs, for real: root (CAP_BPF + CAP_PERFMON), kernel BTF (the mmap_lock
+//! programs are tp_btf), and tracefs mounted (the openat ones are classic
+//! tracepoints, found by their tracefs id).
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
@@ -59,19 +60,16 @@ impl Bpf {
             return Err(Unavailable::new(if denied {
                 "eBPF not permitted (needs root, or CAP_BPF and CAP_PERFMON): tracefs is not readable"
             } else {
-                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): the mmap_lock and openat tracepoints need it"
+                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing): the openat tracepoints need it"
             }));
         }
         let mut ebpf = load_and_attach(
             &STALLS,
             &[
-                (
-                    "hw_mmap_lock_start",
-                    Hook::TracePoint("mmap_lock", "mmap_lock_start_locking"),
-                ),
+                ("hw_mmap_lock_start", Hook::BtfTracePoint("mmap_lock_start_locking")),
                 (
                     "hw_mmap_lock_acquired",
-                    Hook::TracePoint("mmap_lock", "mmap_lock_acquire_returned"),
+                    Hook::BtfTracePoint("mmap_lock_acquire_returned"),
                 ),
                 ("hw_smaps_openat", Hook::TracePoint("syscalls", "sys_enter_openat")),
                 ("hw_smaps_openat2", Hook::TracePoint("syscalls", "sys_enter_openat2")),
