@@ -70,7 +70,8 @@ impl Drop for Helper {
     }
 }
 
-/// The agent with the stalls and hotspots collectors every 500 ms.
+/// The agent with the stalls collector every 500 ms (hotspots keeps its 1 s:
+/// its build probes perf for up to 300 ms within that timeout).
 fn agent(dir: &TempDir) -> Agent {
     assert!(
         ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
@@ -80,7 +81,7 @@ fn agent(dir: &TempDir) -> Agent {
     );
     let config = dir.write(
         "hostwatch.toml",
-        "[collectors.stalls]\ninterval = \"500ms\"\n[collectors.hotspots]\ninterval = \"500ms\"\n",
+        "[collectors.stalls]\ninterval = \"500ms\"\n",
     );
     let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
     agent.wait_ready();
@@ -276,7 +277,7 @@ fn hot_spot_names_the_reader(agent: &Agent) {
             .lines()
             .find(|l| l.starts_with("hostwatch_collector_unavailable_info{collector=\"hotspots\""))
             .unwrap_or_else(|| panic!("hotspots down without a reason:\n{text}"));
-        assert!(reason.contains("never land in kernel mode"), "{reason}");
+        assert!(reason.contains("kernel mode"), "{reason}");
         eprintln!("hot spot check not possible on this host: {reason}");
         return;
     }

@@ -104,19 +104,23 @@ impl Perf {
 
 /// The longest [`probe`] keeps this thread busy in the kernel: well inside
 /// the collector's 1 s build timeout.
-const PROBE: std::time::Duration = std::time::Duration::from_millis(500);
+const PROBE: std::time::Duration = std::time::Duration::from_millis(300);
 /// The probe stops once it has this many samples.
 const PROBE_ENOUGH: usize = 20;
-/// Below this many samples the probe decides nothing (a starved thread). The
-/// probe thread spends most of its time in the kernel, so a working kernel
-/// gives user-mode samples alone with odds under 0.4^8 (0.07 %); the dev VM
-/// delivers only 30 to 80 of the 997 per second, all user-mode.
+/// With this many samples and none in kernel mode the host cannot sample
+/// kernel mode: the probe thread spends most of its time in the kernel, so a
+/// working kernel gives user-mode samples alone with odds under 0.4^8
+/// (0.07 %). With fewer the probe cannot tell (the dev VM delivers 0 to 80 of
+/// the 997 per second, fewer the busier it is, all user-mode), and says so.
 const PROBE_MIN_SAMPLES: usize = 8;
 
 /// Samples this thread's own cpu-clock at 997 Hz while it reads procfs (kernel
 /// work), until it has [`PROBE_ENOUGH`] samples, one in kernel mode, or
 /// [`PROBE`] is over: a kernel whose samples never land in kernel mode cannot
-/// show hot spots. A working kernel answers in about 20 ms.
+/// show hot spots. A working kernel answers in a few milliseconds (its first
+/// kernel-mode sample); without one the collector is down, with a reason that
+/// does not change from one try to the next (it is a label value), and the
+/// scheduler asks again a minute later.
 pub fn probe(procfs: &std::path::Path) -> Result<(), Unavailable> {
     let opened = Builder::new(Software::CPU_CLOCK)
         .observe_self()
@@ -148,12 +152,15 @@ pub fn probe(procfs: &std::path::Path) -> Result<(), Unavailable> {
             }
         }
     }
-    if samples >= PROBE_MIN_SAMPLES && kernel == 0 {
-        return Err(Unavailable::new(format!(
-            "cpu-clock samples never land in kernel mode on this host ({samples} samples of a thread busy in the kernel, none with a kernel call chain; some VMs, e.g. PVM guests, deliver the timer only in user mode): kernel hot spots cannot be sampled"
-        )));
+    if kernel > 0 {
+        return Ok(());
     }
-    Ok(())
+    tracing::debug!(samples, "the cpu-clock probe saw no kernel-mode sample");
+    Err(Unavailable::new(if samples >= PROBE_MIN_SAMPLES {
+        "cpu-clock samples never land in kernel mode on this host (some VMs, e.g. PVM guests, deliver the timer only in user mode): kernel hot spots cannot be sampled"
+    } else {
+        "cpu-clock samples showed no kernel mode in the probe, too few to tell (a starved CPU, or a VM that delivers the timer only in user mode): kernel hot spots cannot be sampled now"
+    }))
 }
 
 fn unavailable(cpu: usize, error: &io::Error) -> Unavailable {

@@ -186,7 +186,7 @@ fn perf_samples_kernel_call_chains() {
         return;
     }
     if let Err(refused) = perf::probe(Path::new("/proc")) {
-        assert!(refused.reason.contains("never land in kernel mode"), "{refused}");
+        assert!(refused.reason.contains("kernel mode"), "{refused}");
         eprintln!("this host cannot sample kernel hot spots: {refused}");
         return;
     }
