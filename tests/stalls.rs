@@ -79,10 +79,7 @@ fn agent(dir: &TempDir) -> Agent {
             .any(|p| std::path::Path::new(p).is_dir()),
         "tracefs is not mounted: run packaging/test.sh (it mounts it) or mount -t tracefs nodev /sys/kernel/tracing"
     );
-    let config = dir.write(
-        "hostwatch.toml",
-        "[collectors.stalls]\ninterval = \"500ms\"\n",
-    );
+    let config = dir.write("hostwatch.toml", "[collectors.stalls]\ninterval = \"500ms\"\n");
     let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
     agent.wait_ready();
     wait_for(
