@@ -23,7 +23,7 @@
 mod kallsyms;
 mod perf;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -169,16 +169,17 @@ pub struct Hotspots<S> {
     frequency: u64,
     max_comms: usize,
     paths: HostPaths,
-    /// Per (watch index, comm); sorted so the output is deterministic.
-    counts: BTreeMap<(usize, String), u64>,
+    /// Per (watch index, comm index); the exporter sorts series by label.
+    counts: BTreeMap<(usize, usize), u64>,
     kernel_samples: u64,
     lost: u64,
     /// This collection's hits before their comm is known: (watch mask, pid, tid).
     hits: Vec<(u64, u32, u32)>,
-    /// tid to comm label, for this collection only (tids are recycled).
-    comms: HashMap<u32, String>,
-    /// The comm label values given so far, at most `max_comms`.
-    known_comms: HashSet<String>,
+    /// tid to comm index, for this collection only (tids are recycled).
+    comms: HashMap<u32, usize>,
+    /// The comm label values given so far, interned so that counting a hit
+    /// allocates nothing: at most `max_comms`, plus `other` once needed.
+    comm_labels: Vec<String>,
 }
 
 impl<S> std::fmt::Debug for Hotspots<S> {
@@ -204,29 +205,33 @@ impl<S: Samples> Hotspots<S> {
             lost: 0,
             hits: Vec::new(),
             comms: HashMap::new(),
-            known_comms: HashSet::new(),
+            comm_labels: Vec::new(),
         }
     }
 
-    /// The comm label of a sampled thread: its comm (`exited` once gone),
-    /// or `other` beyond `max_comms` distinct ones.
-    fn comm_label(&mut self, pid: u32, tid: u32) -> String {
-        if let Some(label) = self.comms.get(&tid) {
-            return label.clone();
+    /// The comm label index of a sampled thread: its comm (`exited` once
+    /// gone), or `other` beyond `max_comms` distinct ones.
+    fn comm_index(&mut self, pid: u32, tid: u32) -> usize {
+        if let Some(&index) = self.comms.get(&tid) {
+            return index;
         }
         let comm = std::fs::read_to_string(self.paths.proc(&format!("{pid}/task/{tid}/comm")))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_else(|_| "exited".to_owned());
-        let label = if self.known_comms.contains(&comm) {
-            comm
-        } else if self.known_comms.len() < self.max_comms {
-            self.known_comms.insert(comm.clone());
-            comm
-        } else {
-            OTHER.to_owned()
+        let known = |label: &str| self.comm_labels.iter().position(|l| l == label);
+        let index = match known(&comm) {
+            Some(index) => index,
+            None if self.comm_labels.iter().filter(|l| *l != OTHER).count() < self.max_comms => {
+                self.comm_labels.push(comm);
+                self.comm_labels.len() - 1
+            }
+            None => known(OTHER).unwrap_or_else(|| {
+                self.comm_labels.push(OTHER.to_owned());
+                self.comm_labels.len() - 1
+            }),
         };
-        self.comms.insert(tid, label.clone());
-        label
+        self.comms.insert(tid, index);
+        index
     }
 }
 
@@ -252,19 +257,19 @@ impl<S: Samples> Collector for Hotspots<S> {
         self.comms.clear();
         let hits = std::mem::take(&mut self.hits);
         for &(mask, pid, tid) in &hits {
-            let comm = self.comm_label(pid, tid);
+            let comm = self.comm_index(pid, tid);
             for watch in (0..self.watch.len()).filter(|w| mask & (1 << w) != 0) {
-                if let Some(count) = self.counts.get_mut(&(watch, comm.clone())) {
-                    *count += 1;
-                } else {
-                    self.counts.insert((watch, comm.clone()), 1);
-                }
+                *self.counts.entry((watch, comm)).or_default() += 1;
             }
         }
         self.hits = hits;
 
-        for ((watch, comm), count) in &self.counts {
-            out.push(&HOTSPOT_SAMPLES, &[&self.watch[*watch], comm], *count as f64);
+        for (&(watch, comm), count) in &self.counts {
+            out.push(
+                &HOTSPOT_SAMPLES,
+                &[&self.watch[watch], &self.comm_labels[comm]],
+                *count as f64,
+            );
         }
         for (index, symbol) in self.watch.iter().enumerate() {
             out.push(&RANGES, &[symbol], self.watched.ranges_of(index) as f64);
