@@ -50,7 +50,7 @@ fn invalid_configs_name_file_line_column_and_reason() {
         ),
         (
             "[collectors.nosuch]\n",
-            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `process`\n",
+            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `stalls`, `hotspots`, `process`\n",
         ),
         ("[agent\n", "FILE:1:7: unclosed table, expected `]`\n"),
     ];
@@ -189,7 +189,7 @@ fn doctor_names_what_cannot_run_and_exits_1() {
     let dir = TempDir::new("doctor");
     let config = dir.write(
         "hostwatch.toml",
-        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n",
+        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.stalls]\nenabled = false\n[collectors.hotspots]\nenabled = false\n",
     );
     let output = Command::new(bin())
         .args(["doctor", "--config"])

@@ -6,95 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Agent, TempDir, free_port, require_program, wait_for};
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn scraping(target: std::net::SocketAddr) -> Self {
-        Self::with_job(target, "")
-    }
-
-    /// Prometheus scraping `target` every second; `extra` is YAML added to
-    /// the job (indented four spaces), e.g. its TLS and basic auth settings.
-    fn with_job(target: std::net::SocketAddr, extra: &str) -> Self {
-        let binary = require_program("prometheus");
-        let dir = TempDir::new("prometheus");
-        let config = dir.write(
-            "prometheus.yml",
-            &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: hostwatch\n    static_configs:\n      - targets: ['{target}']\n{extra}"
-            ),
-        );
-        let port = free_port();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self { child, port, _dir: dir }
-    }
-
-    /// The values of an instant query, as (labels, value) pairs.
-    fn query(&self, expr: &str) -> Vec<(serde_json::Value, f64)> {
-        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let Ok(stream) = std::net::TcpStream::connect(addr) else {
-            return Vec::new();
-        };
-        drop(stream);
-        let path = format!("/api/v1/query?query={}", encode(expr));
-        let response = support::get(addr, &path, &[]);
-        if response.status != 200 {
-            return Vec::new();
-        }
-        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-        body["data"]["result"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| (r["metric"].clone(), r["value"][1].as_str().unwrap().parse().unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(expr: &str) -> String {
-    expr.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use support::{Agent, Prometheus, TempDir, wait_for};
 
 #[test]
 fn prometheus_scrapes_the_fixture_values() {
     let agent = Agent::on_fixture("basic", &[]);
     agent.wait_ready();
     let prometheus = Prometheus::scraping(agent.addr);
-    wait_for(
-        Duration::from_secs(60),
-        || !prometheus.query("up{job=\"hostwatch\"} == 1").is_empty(),
-        "Prometheus to scrape the agent successfully",
-    );
+    prometheus.wait_scraping();
 
     let expectations = [
         ("hostwatch_cpu_seconds_total{cpu=\"1\",mode=\"system\"}", 17.55),

@@ -21,6 +21,7 @@ pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
 pub mod headroom;
+pub mod hotspots;
 pub mod instance;
 pub mod instance_types;
 pub mod memory;
@@ -28,6 +29,7 @@ pub mod netburst;
 pub mod netdev;
 pub mod pressure;
 pub mod process;
+pub mod stalls;
 
 #[cfg(test)]
 mod testing;
@@ -50,6 +52,8 @@ pub static ALL: &[&CollectorSpec] = &[
     &instance::SPEC,
     &headroom::SPEC,
     &netburst::SPEC,
+    &stalls::SPEC,
+    &hotspots::SPEC,
     &process::SPEC,
 ];
 

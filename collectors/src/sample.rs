@@ -142,14 +142,14 @@ impl MetricSet {
         label_values: &[&str],
         sum: f64,
         count: u64,
-        buckets: &[(f64, u64)],
+        buckets: impl IntoIterator<Item = (f64, u64)>,
     ) {
         debug_assert_eq!(desc.kind, MetricKind::Histogram, "{} is not a histogram", desc.name);
         if let Some(series) = self.next_series(desc, label_values) {
             series.value = sum;
             series.count = count;
             series.buckets.clear();
-            series.buckets.extend_from_slice(buckets);
+            series.buckets.extend(buckets);
         }
     }
 
@@ -181,6 +181,11 @@ impl MetricSet {
     /// The value of one series, for tests and for collectors that derive one
     /// metric from another.
     pub fn get(&self, name: &str, label_values: &[&str]) -> Option<f64> {
+        self.series(name, label_values).map(Series::value)
+    }
+
+    /// One series, for tests and for collectors that derive one metric from another.
+    pub fn series(&self, name: &str, label_values: &[&str]) -> Option<&Series> {
         self.families()
             .find(|f| f.desc.name == name)?
             .series()
@@ -191,7 +196,6 @@ impl MetricSet {
                     .map(String::as_str)
                     .eq(label_values.iter().copied())
             })
-            .map(|s| s.value)
     }
 
     fn family_mut(&mut self, desc: &'static Desc) -> &mut Family {
@@ -269,10 +273,10 @@ mod tests {
     #[test]
     fn histograms_reuse_buffers_too() {
         let mut set = MetricSet::default();
-        set.push_histogram(&H, &[], 0.5, 3, &[(0.1, 1), (1.0, 2)]);
+        set.push_histogram(&H, &[], 0.5, 3, [(0.1, 1), (1.0, 2)]);
         assert_eq!(set.to_string(), "h_seconds sum=0.5 count=3 buckets=0.1:1,1:2\n");
         set.clear();
-        set.push_histogram(&H, &[], 2.0, 1, &[(0.1, 0), (1.0, 0)]);
+        set.push_histogram(&H, &[], 2.0, 1, [(0.1, 0), (1.0, 0)]);
         let series = &set.families().next().unwrap().series()[0];
         assert_eq!(
             (series.value(), series.count(), series.buckets()),

@@ -41,4 +41,42 @@ struct hw_net_owner {
 	__u32 series; /* iface_id * 2 + direction */
 };
 
+/* ---- stalls: mmap_lock wait and smaps readers ---- */
+
+/* Processes with mmap_lock totals; the least recently updated are evicted. */
+#define HW_MMAP_LOCK_PROCESSES 8192
+/* Shorter waits are an uncontended lock taken (the tracepoints themselves
+ * take about this long) and are not counted: 2^10 ns, a bucket boundary. */
+#define HW_MMAP_LOCK_MIN_WAIT_NS 1024
+/* log2 nanosecond buckets of the wait histogram: bucket b counts waits in
+ * [2^b, 2^(b+1)) ns; the last one also counts everything longer (> 2.1 s). */
+#define HW_MMAP_LOCK_BUCKETS 32
+
+/* Key of mmap_lock_wait. */
+struct hw_mmap_lock_key {
+	__u32 tgid;
+	__u32 write; /* 1: mmap_write_lock, 0: mmap_read_lock */
+};
+
+/* Value of mmap_lock_wait: totals of counted waits since the program attached. */
+struct hw_mmap_lock_wait {
+	__u64 wait_ns;
+	__u64 count;
+	__u64 buckets[HW_MMAP_LOCK_BUCKETS];
+};
+
+/* Bytes of path kept per smaps event: "/proc/4194304/task/4194304/smaps_rollup"
+ * is 40 with its NUL. A power of two, so indexes can be masked. */
+#define HW_SMAPS_PATH 64
+#define HW_SMAPS_RING_BYTES (256 * 1024)
+
+/* One open of /proc/.../smaps or smaps_rollup, sent through smaps_events. */
+struct hw_smaps_event {
+	__u64 time_ns; /* CLOCK_BOOTTIME */
+	__u32 tgid;    /* the reader */
+	__u32 tid;
+	char comm[16]; /* the reader thread's comm */
+	char path[HW_SMAPS_PATH];
+};
+
 #endif

@@ -24,8 +24,14 @@ pub static NETBURST: Object = Object {
     bytes: aya::include_bytes_aligned!("../objects/netburst.bpf.o"),
 };
 
+/// mmap_lock wait per process and mode, and opens of /proc/PID/smaps.
+pub static STALLS: Object = Object {
+    name: "stalls",
+    bytes: aya::include_bytes_aligned!("../objects/stalls.bpf.o"),
+};
+
 /// Every embedded object.
-pub static ALL: &[&Object] = &[&NETBURST];
+pub static ALL: &[&Object] = &[&NETBURST, &STALLS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -133,6 +139,36 @@ mod tests {
             .collect();
         maps.sort_unstable();
         assert_eq!(maps, ["net_iface_ids", "net_owner_bytes", "net_rings"]);
+
+        let object = aya_obj::Object::parse(STALLS.bytes).expect("stalls parses");
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(
+            programs,
+            [
+                "hw_mmap_lock_acquired",
+                "hw_mmap_lock_start",
+                "hw_smaps_openat",
+                "hw_smaps_openat2"
+            ]
+        );
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        maps.sort_unstable();
+        assert_eq!(
+            maps,
+            [
+                "mmap_lock_start",
+                "mmap_lock_wait",
+                "smaps_events",
+                "smaps_lost",
+                "smaps_scratch"
+            ]
+        );
     }
 }
 
@@ -140,11 +176,11 @@ mod tests {
 mod root_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use aya::maps::{HashMap, PerCpuArray};
-    use aya::programs::BtfTracePoint;
+    use aya::maps::{HashMap, PerCpuArray, RingBuf};
+    use aya::programs::{BtfTracePoint, TracePoint};
 
     use super::*;
-    use crate::maps::{NET_TRANSMIT, NetIface, NetRing};
+    use crate::maps::{MMAP_LOCK_MIN_WAIT_NS, MmapLockKey, MmapLockWait, NET_TRANSMIT, NetIface, NetRing, SmapsEvent};
 
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
@@ -197,5 +233,79 @@ mod root_tests {
         // perhaps a little other loopback traffic).
         assert!(packets >= 100, "packets {packets}");
         assert!(bytes >= 104_200, "bytes {bytes}");
+    }
+
+    /// Loads and attaches stalls for real: waits are counted consistently
+    /// while a child churns mmap/munmap, and a child's open of its smaps_rollup
+    /// arrives as one event with the reader's pid and comm (the test binary,
+    /// not the agent, opens it: the agent never does).
+    #[test]
+    fn stalls_counts_mmap_lock_and_sees_smaps_opens() {
+        if !is_root() {
+            eprintln!("skipped: loading BPF programs needs root (CAP_BPF, CAP_PERFMON)");
+            return;
+        }
+        let mut ebpf = load(&STALLS).expect("loads");
+        let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
+        for (program, tracepoint) in [
+            ("hw_mmap_lock_start", "mmap_lock_start_locking"),
+            ("hw_mmap_lock_acquired", "mmap_lock_acquire_returned"),
+        ] {
+            let program: &mut BtfTracePoint = ebpf.program_mut(program).expect("program").try_into().expect("tp_btf");
+            program.load(tracepoint, &btf).expect("verifier accepts");
+            program.attach().expect("attaches");
+        }
+        let program: &mut TracePoint = ebpf
+            .program_mut("hw_smaps_openat")
+            .expect("program")
+            .try_into()
+            .expect("tracepoint");
+        program.load().expect("verifier accepts");
+        program
+            .attach("syscalls", "sys_enter_openat")
+            .expect("attaches (tracefs mounted?)");
+        // Each mmap and munmap takes the process's mmap_lock for writing.
+        let churn = std::process::Command::new("python3")
+            .args(["-c", "import mmap\nfor _ in range(1000): mmap.mmap(-1, 4096).close()"])
+            .spawn()
+            .expect("python3 runs");
+        assert!(churn.wait_with_output().expect("python3 ends").status.success());
+        let child = std::process::Command::new("cat")
+            .arg("/proc/self/smaps_rollup")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("cat runs");
+        let child_pid = child.id();
+        let status = child.wait_with_output().expect("cat ends").status;
+        assert!(status.success());
+
+        // Uncontended locks are not counted: the churn alone may leave no
+        // entry, and whatever it left is consistent.
+        let waits: HashMap<_, MmapLockKey, MmapLockWait> =
+            HashMap::try_from(ebpf.map("mmap_lock_wait").expect("map")).expect("hash");
+        for entry in waits.iter() {
+            let (key, wait) = entry.expect("entry");
+            assert!(key.write <= 1);
+            assert_eq!(
+                wait.buckets.iter().sum::<u64>(),
+                wait.count,
+                "every wait is in one bucket"
+            );
+            assert!(wait.wait_ns >= wait.count * MMAP_LOCK_MIN_WAIT_NS, "{key:?} {wait:?}");
+            assert_eq!(wait.buckets[..10].iter().sum::<u64>(), 0, "nothing under 1024 ns");
+        }
+
+        let mut ring = RingBuf::try_from(ebpf.map_mut("smaps_events").expect("map")).expect("ring");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            events.push(SmapsEvent::from_bytes(&item).expect("a whole event"));
+        }
+        let event = events
+            .iter()
+            .find(|e| e.tgid == child_pid)
+            .unwrap_or_else(|| panic!("the child's open among {events:?}"));
+        assert_eq!(event.comm(), b"cat");
+        assert_eq!(event.path(), b"/proc/self/smaps_rollup");
+        assert!(event.time_ns > 0);
     }
 }

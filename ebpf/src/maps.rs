@@ -35,6 +35,73 @@ pub struct NetOwner {
     pub series: u32,
 }
 
+/// log2 nanosecond buckets of the mmap_lock wait histogram (`HW_MMAP_LOCK_BUCKETS`).
+pub const MMAP_LOCK_BUCKETS: usize = 32;
+/// Bytes of path per smaps event (`HW_SMAPS_PATH`).
+pub const SMAPS_PATH: usize = 64;
+
+/// `struct hw_mmap_lock_key`: key of `mmap_lock_wait`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MmapLockKey {
+    pub tgid: u32,
+    /// 1 for the write (exclusive) lock, 0 for the read lock.
+    pub write: u32,
+}
+
+/// Waits shorter than this are not counted (`HW_MMAP_LOCK_MIN_WAIT_NS`): an
+/// uncontended lock.
+pub const MMAP_LOCK_MIN_WAIT_NS: u64 = 1024;
+
+/// `struct hw_mmap_lock_wait`: value of `mmap_lock_wait`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MmapLockWait {
+    pub wait_ns: u64,
+    pub count: u64,
+    /// Bucket `b` counts waits in `[2^b, 2^(b+1))` ns; the last also longer ones.
+    pub buckets: [u64; MMAP_LOCK_BUCKETS],
+}
+
+/// `struct hw_smaps_event`: one record of the `smaps_events` ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SmapsEvent {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub time_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+    pub path: [u8; SMAPS_PATH],
+}
+
+impl SmapsEvent {
+    /// Decodes one ring buffer record; `None` unless it is exactly one event.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: `bytes` holds exactly size_of::<Self>() bytes, and Self is
+        // plain integers and byte arrays (any bit pattern is valid). Read
+        // unaligned: the ring buffer promises 8-byte alignment, a slice does not.
+        Some(unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() })
+    }
+
+    /// The reader thread's comm, up to its NUL.
+    pub fn comm(&self) -> &[u8] {
+        until_nul(&self.comm)
+    }
+
+    /// The opened path, up to its NUL.
+    pub fn path(&self) -> &[u8] {
+        until_nul(&self.path)
+    }
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    bytes.split(|b| *b == 0).next().unwrap_or(bytes)
+}
+
 // SAFETY: each is #[repr(C)], made only of integers (any bit pattern is
 // valid) and has no padding, matching the C layout the kernel reads and writes.
 unsafe impl aya::Pod for NetIface {}
@@ -42,6 +109,12 @@ unsafe impl aya::Pod for NetIface {}
 unsafe impl aya::Pod for NetRing {}
 // SAFETY: as above.
 unsafe impl aya::Pod for NetOwner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MmapLockKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MmapLockWait {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SmapsEvent {}
 
 #[cfg(test)]
 mod tests {
@@ -74,5 +147,8 @@ mod tests {
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_iface"), size_of::<NetIface>());
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_ring"), size_of::<NetRing>());
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_owner"), size_of::<NetOwner>());
+        assert_eq!(btf_size("stalls.bpf.o", "hw_mmap_lock_key"), size_of::<MmapLockKey>());
+        assert_eq!(btf_size("stalls.bpf.o", "hw_mmap_lock_wait"), size_of::<MmapLockWait>());
+        assert_eq!(btf_size("stalls.bpf.o", "hw_smaps_event"), size_of::<SmapsEvent>());
     }
 }

@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_on_the_wire() {
         let mut set = MetricSet::default();
-        set.push_histogram(&LATENCY, &["read"], 1.25, 5, &[(0.1, 2), (1.0, 2)]);
+        set.push_histogram(&LATENCY, &["read"], 1.25, 5, [(0.1, 2), (1.0, 2)]);
         let text = encode(Format::PrometheusText, vec![Arc::new(set)]).unwrap();
         assert_eq!(
             text,

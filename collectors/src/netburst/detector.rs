@@ -171,6 +171,8 @@ pub struct Detector {
     /// Bytes in one millisecond above which that millisecond is part of a burst.
     threshold: u64,
     open: Option<Open>,
+    /// The last millisecond observed and its bytes: a burst's opening edge.
+    previous: Option<(u64, u64)>,
     bursts: u64,
     duration: Histogram<{ DURATION_BUCKETS.len() }>,
     size: Histogram<{ BYTES_BUCKETS.len() }>,
@@ -182,6 +184,7 @@ impl Detector {
         Self {
             threshold: bytes_per_ms(threshold_bits_per_second),
             open: None,
+            previous: None,
             bursts: 0,
             duration: Histogram::new(&DURATION_BUCKETS),
             size: Histogram::new(&BYTES_BUCKETS),
@@ -197,9 +200,14 @@ impl Detector {
         self.threshold as f64 * 8.0 * 1000.0
     }
 
+    /// A burst's bytes include the partial milliseconds that open and close
+    /// it (below the threshold only because the burst began or ended inside
+    /// them); its duration counts the milliseconds above the threshold.
     pub fn observe(&mut self, ms: u64, bytes: u64) -> Transition {
         self.windows.observe(ms, bytes);
         let above = bytes > self.threshold;
+        let before = self.previous.replace((ms, bytes));
+        let opening = before.filter(|(at, _)| at + 1 == ms).map_or(0, |(_, bytes)| bytes);
         match (&mut self.open, above) {
             (Some(open), true) if open.last_ms + 1 == ms => {
                 open.last_ms = ms;
@@ -209,7 +217,7 @@ impl Detector {
             }
             (Some(_), true) => {
                 // Milliseconds were skipped: what was open ended before them.
-                let ended = self.close(false);
+                let ended = self.close(false, 0);
                 self.open = Some(Open {
                     start_ms: ms,
                     last_ms: ms,
@@ -218,12 +226,15 @@ impl Detector {
                 });
                 ended.map_or(Transition::Started(ms), Transition::Ended)
             }
-            (Some(_), false) => self.close(false).map_or(Transition::None, Transition::Ended),
+            (Some(open), false) => {
+                let closing = if open.last_ms + 1 == ms { bytes } else { 0 };
+                self.close(false, closing).map_or(Transition::None, Transition::Ended)
+            }
             (None, true) => {
                 self.open = Some(Open {
                     start_ms: ms,
                     last_ms: ms,
-                    bytes,
+                    bytes: bytes + opening,
                     peak: bytes,
                 });
                 Transition::Started(ms)
@@ -235,15 +246,17 @@ impl Detector {
     /// Milliseconds were lost: an open burst ends there, marked truncated.
     pub fn gap(&mut self) -> Option<Burst> {
         self.windows.restart();
-        self.close(true)
+        self.previous = None;
+        self.close(true, 0)
     }
 
-    fn close(&mut self, truncated: bool) -> Option<Burst> {
+    /// Ends the open burst, adding the `closing` millisecond's bytes.
+    fn close(&mut self, truncated: bool, closing: u64) -> Option<Burst> {
         let open = self.open.take()?;
         let burst = Burst {
             start_ms: open.start_ms,
             duration_ms: open.last_ms - open.start_ms + 1,
-            bytes: open.bytes,
+            bytes: open.bytes + closing,
             peak_ms_bytes: open.peak,
             truncated,
         };
@@ -306,7 +319,8 @@ mod tests {
                 Transition::Ended(Burst {
                     start_ms: 5010,
                     duration_ms: 5,
-                    bytes: 1_080_000,
+                    // The five busy milliseconds, the opening 1000 and the closing 125 000.
+                    bytes: 1_206_000,
                     peak_ms_bytes: 300_000,
                     truncated: false
                 })

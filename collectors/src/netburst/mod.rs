@@ -587,14 +587,14 @@ impl NetBurst {
                     &labels,
                     detector.duration().sum(),
                     detector.duration().count(),
-                    &detector.duration().buckets(),
+                    detector.duration().buckets(),
                 );
                 out.push_histogram(
                     &SIZE,
                     &labels,
                     detector.size().sum(),
                     detector.size().count(),
-                    &detector.size().buckets(),
+                    detector.size().buckets(),
                 );
                 for (w, (_, window)) in WINDOWS.iter().enumerate() {
                     out.push(
