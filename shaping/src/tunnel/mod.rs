@@ -244,9 +244,20 @@ async fn connection(
     stopped: impl Future<Output = ()>,
 ) {
     let _open = metrics.open();
-    let setup = match config.side {
-        Side::Client => open_client(config, metrics).await,
-        Side::Server => open_server(config, &mut accepted, from).await,
+    let mut stopped = std::pin::pin!(stopped);
+    // Setting up can wait seconds (a connect, a silent peer): a stop must
+    // not wait for it.
+    let setup = tokio::select! {
+        setup = async {
+            match config.side {
+                Side::Client => open_client(config, metrics).await,
+                Side::Server => open_server(config, &mut accepted, from).await,
+            }
+        } => setup,
+        () = &mut stopped => {
+            let _ = accepted.set_zero_linger();
+            return;
+        }
     };
     let (mut remote, encoding) = match setup {
         Ok(opened) => opened,

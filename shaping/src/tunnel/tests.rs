@@ -270,3 +270,15 @@ async fn reconfiguring_keeps_unchanged_tunnels() {
     assert!(TcpListener::bind(("127.0.0.1", a)).await.is_ok());
     tunnels.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_silent_peer() {
+    let pair = pair("always", "").await;
+    // Connected, but no header: the server would wait 10 s for it.
+    let _silent = TcpStream::connect(pair.relay).await.unwrap();
+    wait(|| value(&pair.server, "hostwatch_compression_open_connections", &["s"]) == Some(1.0)).await;
+    let start = std::time::Instant::now();
+    pair.server.stop().await;
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    pair.client.stop().await;
+}
