@@ -277,7 +277,7 @@ async fn stopping_does_not_wait_for_a_silent_peer() {
     // Connected, but no header: the server would wait 10 s for it.
     let _silent = TcpStream::connect(pair.relay).await.unwrap();
     wait(|| value(&pair.server, "hostwatch_compression_open_connections", &["s"]) == Some(1.0)).await;
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     pair.server.stop().await;
     assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
     pair.client.stop().await;
