@@ -11,118 +11,19 @@
 
 mod support;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::{Receiver, Sender};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
 use sha2::{Digest, Sha256};
-use support::{Agent, Response, TempDir, free_port, value, wait_for};
+use support::netns::{TestNet, require_root};
+use support::{Agent, TempDir, free_port, value, wait_for};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root to create network namespaces");
-            return;
-        }
-    };
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).stderr(Stdio::null()).status().unwrap();
-    assert!(status.success(), "ip {args:?}");
-}
-
-/// A second host: a network namespace joined to this one by a veth pair,
-/// 10.252.N.1 here and 10.252.N.2 there. Removed on drop. (tests/netburst.rs
-/// has its twin on 10.251.N; two files, so both suites can run at once.)
-struct TestNet {
-    netns: String,
-    host: String,
-    here: String,
-    there: String,
-}
-
-impl TestNet {
-    fn new(tag: &str) -> Self {
-        let id = std::process::id();
-        let n = (id % 200) + 20;
-        let net = Self {
-            netns: format!("hwt{tag}{id}"),
-            host: format!("hwt{tag}{}", id % 100_000),
-            here: format!("10.252.{n}.1"),
-            there: format!("10.252.{n}.2"),
-        };
-        ip(&["netns", "add", &net.netns]);
-        ip(&[
-            "link", "add", &net.host, "type", "veth", "peer", "name", "peer0", "netns", &net.netns,
-        ]);
-        ip(&["addr", "add", &format!("{}/30", net.here), "dev", &net.host]);
-        ip(&["link", "set", &net.host, "up"]);
-        ip(&[
-            "-n",
-            &net.netns,
-            "addr",
-            "add",
-            &format!("{}/30", net.there),
-            "dev",
-            "peer0",
-        ]);
-        ip(&["-n", &net.netns, "link", "set", "peer0", "up"]);
-        ip(&["-n", &net.netns, "link", "set", "lo", "up"]);
-        net
-    }
-
-    /// Runs `f` on a thread inside the namespace: the sockets it makes are there.
-    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let netns = File::open(format!("/run/netns/{}", self.netns)).unwrap();
-        std::thread::spawn(move || {
-            setns(&netns, CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-    }
-
-    /// Bytes the veth carried so far, both directions, as its host end counts them.
-    fn veth_bytes(&self) -> u64 {
-        ["tx_bytes", "rx_bytes"]
-            .iter()
-            .map(|counter| {
-                let path = format!("/sys/class/net/{}/statistics/{counter}", self.host);
-                std::fs::read_to_string(path).unwrap().trim().parse::<u64>().unwrap()
-            })
-            .sum()
-    }
-
-    /// A GET to an agent inside the namespace, over its loopback: the
-    /// scrape's bytes never touch the veth being measured.
-    fn get(&self, addr: SocketAddr, path: &'static str) -> Response {
-        self.inside(move || support::get(addr, path, &[])).join().unwrap()
-    }
-
-    fn metrics(&self, agent: &Agent) -> String {
-        self.get(agent.addr, "/metrics").text()
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| Command::new("ip").args(args).stderr(Stdio::null()).status();
-        let _ = quiet(&["netns", "del", &self.netns]);
-        let _ = quiet(&["link", "del", &self.host]);
-    }
+/// The exposition of an agent inside `net`.
+fn metrics_inside(net: &TestNet, agent: &Agent) -> String {
+    net.get(agent.addr, "/metrics").text()
 }
 
 /// The agent config of one tunnel entry; the eBPF collector stays off so
@@ -173,7 +74,7 @@ fn agents(net: &TestNet, dir: &TempDir, mode: &str, target: SocketAddr) -> (Agen
     let up = "hostwatch_compression_tunnel_up{tunnel=\"bulk\"}";
     wait_for(
         Duration::from_secs(10),
-        || value(&net.metrics(&server), up) == Some(1.0) && value(&client.metrics(), up) == Some(1.0),
+        || value(&metrics_inside(net, &server), up) == Some(1.0) && value(&client.metrics(), up) == Some(1.0),
         "both tunnels listening",
     );
     (server, client, entry, relay)
@@ -340,7 +241,7 @@ const GIB: u64 = 1 << 30;
 /// back through the half-closed connection.
 #[test]
 fn a_gib_of_logs_crosses_compressed_and_intact() {
-    require_root!();
+    require_root!("to create network namespaces");
     let dir = TempDir::new("tunnel-logs");
     let net = TestNet::new("l");
     let (target, answered) = sink(&net, "127.0.0.1");
@@ -373,7 +274,7 @@ fn a_gib_of_logs_crosses_compressed_and_intact() {
         || value(&client.metrics(), raw) == Some(expected_raw),
         "the client's counters",
     );
-    let (client_text, server_text) = (client.metrics(), net.metrics(&server));
+    let (client_text, server_text) = (client.metrics(), metrics_inside(&net, &server));
     for text in [&client_text, &server_text] {
         assert_eq!(value(text, lz4), Some(1.0));
         assert_eq!(value(text, raw), Some(expected_raw));
@@ -396,7 +297,7 @@ fn a_gib_of_logs_crosses_compressed_and_intact() {
 /// bytes sent directly; and intact.
 #[test]
 fn random_data_grows_by_at_most_half_a_percent() {
-    require_root!();
+    require_root!("to create network namespaces");
     const TOTAL: u64 = 256 << 20;
     let dir = TempDir::new("tunnel-random");
     let net = TestNet::new("n");
@@ -437,7 +338,7 @@ fn random_data_grows_by_at_most_half_a_percent() {
 /// agent and the tunnel carry on.
 #[test]
 fn corrupt_frames_are_counted_and_the_agent_survives() {
-    require_root!();
+    require_root!("to create network namespaces");
     let dir = TempDir::new("tunnel-corrupt");
     let net = TestNet::new("c");
     let (target, answered) = sink(&net, "127.0.0.1");
@@ -459,7 +360,7 @@ fn corrupt_frames_are_counted_and_the_agent_survives() {
     let corrupt = "hostwatch_compression_corrupt_frames_total{tunnel=\"bulk\"}";
     wait_for(
         Duration::from_secs(5),
-        || value(&net.metrics(&server), corrupt) == Some(3.0),
+        || value(&metrics_inside(&net, &server), corrupt) == Some(3.0),
         "3 corrupt frames counted",
     );
     assert_eq!(net.get(server.addr, "/healthz").status, 200);
@@ -575,21 +476,7 @@ fn near_allowance_follows_the_allowance_counters_and_sigterm_stops() {
         })
         .map(|line| format!("{line}\n"))
         .collect();
-    let mut promtool = Command::new(support::require_program("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::promtool_check(&exposition);
     let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
     let families: Vec<&str> = exposition
         .lines()
