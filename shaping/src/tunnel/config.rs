@@ -65,10 +65,6 @@ impl TunnelList {
     pub fn iter(&self) -> std::slice::Iter<'_, TunnelConfig> {
         self.0.iter()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl<'de> Deserialize<'de> for TunnelList {

@@ -4,9 +4,9 @@
 //! A `client` tunnel listens locally; each connection an application makes
 //! to it goes on to a `server` tunnel of the peer's agent, which forwards it
 //! to its local target. Between the agents both directions travel as lz4
-//! frames with content checksums (see [`codec`]) when the client chose to
+//! frames with content checksums (see `codec.rs`) when the client chose to
 //! compress that connection: always, or only while the host is near its
-//! allowance ([`signal`]). Half-closes pass through; a corrupt frame closes
+//! allowance (`signal.rs`). Half-closes pass through; a corrupt frame closes
 //! its connection, is counted, and nothing else is affected.
 //!
 //! Opens sockets only: the `listen` addresses, and connections to the
@@ -16,11 +16,11 @@
 //! target, but anyone who can reach its `listen` address can use it: bind it
 //! to the private address the peers use and keep it behind security groups.
 
-pub mod codec;
+mod codec;
 pub mod config;
 mod metrics;
 mod relay;
-pub mod signal;
+mod signal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +99,7 @@ impl Tunnels {
         self.running.is_empty()
     }
 
-    /// Feeds the near-allowance signal (see [`signal`]) with the latest
+    /// Feeds the near-allowance signal (see `signal.rs`) with the latest
     /// readings; `headroom` is the `headroom` collector's latest samples.
     pub fn observe(&mut self, facts: &HostFacts, headroom: Option<&MetricSet>) {
         let near = self.near.observe(Instant::now(), facts.allowance_exceeded(), headroom);
