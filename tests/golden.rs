@@ -7,10 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use support::{Agent, repo_root, require_program};
+use support::{Agent, repo_root};
 
 /// Families whose values differ from run to run.
 const VOLATILE: [&str; 3] = [
@@ -51,22 +48,7 @@ fn basic_fixture_matches_golden_exposition() {
     assert_eq!(actual, expected, "exposition differs from {}", golden.display());
 
     // The full exposition, volatile series included, passes promtool's linter.
-    let promtool = require_program("promtool");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::promtool_check(&exposition);
 }
 
 #[test]
@@ -206,19 +188,5 @@ fn ena_fixtures_are_replayed_live() {
     );
 
     let exposition = agent.metrics();
-    let mut child = Command::new(require_program("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::promtool_check(&exposition);
 }

@@ -243,24 +243,7 @@ fn smaps_storm_is_measured_named_alerted_and_sampled() {
             assert!(readme.contains(&format!("`{name}`")), "README.md does not list {name}");
         }
     }
-    let mut lint = Command::new(require_program("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let output = lint.wait_with_output().unwrap();
-    // The issues name network rates in bits per second (EC2 states its
-    // allowances in Gbit/s); promtool's lint prefers bytes. Nothing else may
-    // be flagged.
-    let problems: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| !l.contains("use base unit \"bytes\" instead of \"bits\""))
-        .map(str::to_owned)
-        .collect();
-    assert!(output.status.success() || problems.is_empty(), "{problems:?}");
+    support::promtool_check(&text);
 
     // The victim exits: its pid-labelled series go with it.
     drop(victim);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use hostwatch_collectors::CollectorsConfig;
 use hostwatch_collectors::config::Interval;
+use hostwatch_shaping::tunnel::config::CompressionConfig;
 use serde::{Deserialize, Deserializer};
 
 /// Where the packaged config lives; used when it exists and `--config` is not given.
@@ -23,6 +24,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub http: HttpConfig,
     pub collectors: CollectorsConfig,
+    pub compression: CompressionConfig,
 }
 
 /// `[agent]`.

@@ -1,9 +1,9 @@
 //! `hostwatch run`: the daemon's life cycle. Binds the endpoint, starts the
-//! scheduler, tells systemd when ready, reloads on SIGHUP, stops on SIGTERM or
-//! SIGINT within 2 s.
+//! scheduler and the configured compression tunnels, tells systemd when ready,
+//! reloads on SIGHUP, stops on SIGTERM or SIGINT within 2 s.
 //!
-//! Reads the config file (again on SIGHUP); needs the listen socket and
-//! whatever the enabled collectors need.
+//! Reads the config file (again on SIGHUP); needs the listen socket, the
+//! tunnels' sockets and whatever the enabled collectors need.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::agent_metrics::{self, AgentMetrics};
 use crate::cli::{self, RunArgs};
+use crate::compression::Compression;
 use crate::config::{self, Config};
 use crate::scheduler::{Scheduler, Shared};
 use crate::web_config::Security;
@@ -92,6 +93,9 @@ impl Daemon {
         let mut agent = AgentMetrics::default();
         shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
         let mut scheduler = Scheduler::start(ALL, &self.context(&shared), &shared);
+        let mut compression = Compression::start(&self.config.compression);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
 
         tokio::spawn(systemd::supervise(Arc::clone(&shared)));
@@ -112,9 +116,10 @@ impl Daemon {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                _ = tick.tick() => compression.tick(&shared),
                 _ = hangup.recv() => {
                     systemd::reloading();
-                    scheduler = self.reload(scheduler, &shared, &mut agent).await;
+                    scheduler = self.reload(scheduler, &mut compression, &shared, &mut agent).await;
                     shared.store.publish(agent_metrics::SOURCE, Arc::new(agent.to_set()));
                     systemd::ready();
                 }
@@ -124,6 +129,7 @@ impl Daemon {
         info!("stopping");
         systemd::stopping();
         let _ = stop.send(());
+        compression.stop().await;
         scheduler.stop().await;
         // The server drains for at most a second; this bound is a backstop.
         let _ = tokio::time::timeout(Duration::from_millis(1500), server).await;
@@ -132,7 +138,13 @@ impl Daemon {
 
     /// Applies the config file again, or keeps the running one when the new one
     /// is invalid.
-    async fn reload(&mut self, scheduler: Scheduler, shared: &Arc<Shared>, agent: &mut AgentMetrics) -> Scheduler {
+    async fn reload(
+        &mut self,
+        scheduler: Scheduler,
+        compression: &mut Compression,
+        shared: &Arc<Shared>,
+        agent: &mut AgentMetrics,
+    ) -> Scheduler {
         let mut new = match config::load(self.path.as_deref()) {
             Ok(new) => new,
             Err(error) => {
@@ -153,10 +165,13 @@ impl Daemon {
             .filter(|spec| spec.plan(&new.collectors).enabled)
             .map(|spec| spec.name)
             .collect();
+        // Only collectors that are now disabled go; the agent's own sources stay.
         shared
             .store
-            .retain(|source| source == agent_metrics::SOURCE || enabled.contains(&source));
+            .retain(|source| enabled.contains(&source) || !ALL.iter().any(|spec| spec.name == source));
         self.config.collectors = new.collectors;
+        compression.reconfigure(&new.compression, shared).await;
+        self.config.compression = new.compression;
         agent.reloads += 1;
         info!(config = %cli::describe(self.path.as_deref()), "config reloaded");
         Scheduler::start(ALL, &self.context(shared), shared)

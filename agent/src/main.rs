@@ -6,6 +6,7 @@
 mod agent_metrics;
 mod bursts_view;
 mod cli;
+mod compression;
 mod config;
 mod daemon;
 mod doctor;

@@ -52,6 +52,15 @@ impl Store {
         previous
     }
 
+    /// The samples last published under `source`: what actuators read.
+    pub fn get(&self, source: &str) -> Option<Arc<MetricSet>> {
+        self.sets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(source)
+            .cloned()
+    }
+
     /// Keeps only the sources `keep` accepts (a reload may disable collectors).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.sets
@@ -145,5 +154,7 @@ mod tests {
         assert!(store.publish("a", set(1.0)).is_none());
         let previous = store.publish("a", set(2.0)).unwrap();
         assert_eq!(previous.get("x", &[]), Some(1.0));
+        assert_eq!(store.get("a").unwrap().get("x", &[]), Some(2.0));
+        assert!(store.get("b").is_none());
     }
 }

@@ -58,7 +58,7 @@ static PEAK: Desc = Desc::gauge(
     "Highest rate over one collection interval (default 1 s) within the trailing window (default 15 s), in bits per second.",
     &["interface", "direction"],
 );
-static RATIO: Desc = Desc::gauge(
+pub static RATIO: Desc = Desc::gauge(
     "hostwatch_net_headroom_ratio",
     "The peak rate over the instance's network baseline bandwidth; above 1 the instance spends burst credits or is shaped. The allowance is per instance, so with several interfaces this is a lower bound.",
     &["interface", "direction"],

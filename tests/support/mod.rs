@@ -4,6 +4,8 @@
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -372,4 +374,30 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Fails the test unless `promtool check metrics` accepts `exposition`. One
+/// lint is let through: network rates in bits per second, which the issues
+/// name so (EC2 states its allowances in Gbit/s) where promtool prefers bytes.
+pub fn promtool_check(exposition: &str) {
+    let mut child = Command::new(require_program("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let problems: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.contains("use base unit \"bytes\" instead of \"bits\""))
+        .collect();
+    assert!(
+        output.status.success() || problems.is_empty(),
+        "promtool check metrics failed:\n{}{}",
+        problems.join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
