@@ -14,6 +14,9 @@ pub enum MetricKind {
     Counter,
     /// Goes up and down; `_info` families are gauges fixed at 1.
     Gauge,
+    /// Observations counted into buckets by upper bound, with their sum and
+    /// count; exposed as `_bucket{le}`, `_sum` and `_count`. The name has no suffix.
+    Histogram,
 }
 
 /// A metric family's static description: name, help, type and label names.
@@ -43,13 +46,26 @@ impl Desc {
             labels,
         }
     }
+
+    pub const fn histogram(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Histogram,
+            labels,
+        }
+    }
 }
 
 /// One series: label values in the order of [`Desc::labels`], and its value.
+/// A histogram's value is the sum of its observations, with their count and
+/// the cumulative count at each finite upper bound beside it.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
     label_values: Vec<String>,
     value: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
 }
 
 impl Series {
@@ -59,6 +75,17 @@ impl Series {
 
     pub fn value(&self) -> f64 {
         self.value
+    }
+
+    /// A histogram's observation count (the `+Inf` bucket); 0 for other kinds.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// A histogram's `(upper bound, cumulative count)` pairs, finite bounds in
+    /// increasing order; empty for other kinds.
+    pub fn buckets(&self) -> &[(f64, u64)] {
+        &self.buckets
     }
 }
 
@@ -99,9 +126,42 @@ impl MetricSet {
     /// a mismatch is a programming error and is caught by tests, so it is dropped
     /// here rather than panicking in the agent.
     pub fn push(&mut self, desc: &'static Desc, label_values: &[&str], value: f64) {
+        debug_assert!(desc.kind != MetricKind::Histogram, "{} needs push_histogram", desc.name);
+        if let Some(series) = self.next_series(desc, label_values) {
+            series.value = value;
+            series.count = 0;
+            series.buckets.clear();
+        }
+    }
+
+    /// Adds one histogram series: the sum and count of its observations and,
+    /// for each finite upper bound in increasing order, how many observations
+    /// were at most that bound (cumulative, as Prometheus exposes them; the
+    /// `+Inf` bucket is `count`). Like [`MetricSet::push`], mismatched labels
+    /// are a programming error and the series is dropped.
+    pub fn push_histogram(
+        &mut self,
+        desc: &'static Desc,
+        label_values: &[&str],
+        sum: f64,
+        count: u64,
+        buckets: &[(f64, u64)],
+    ) {
+        debug_assert!(desc.kind == MetricKind::Histogram, "{} is not a histogram", desc.name);
+        if let Some(series) = self.next_series(desc, label_values) {
+            series.value = sum;
+            series.count = count;
+            series.buckets.clear();
+            series.buckets.extend_from_slice(buckets);
+        }
+    }
+
+    /// The next series buffer of `desc`'s family with its labels written, or
+    /// `None` when the label count does not match the description.
+    fn next_series(&mut self, desc: &'static Desc, label_values: &[&str]) -> Option<&mut Series> {
         debug_assert_eq!(desc.labels.len(), label_values.len(), "labels of {}", desc.name);
         if desc.labels.len() != label_values.len() {
-            return;
+            return None;
         }
         let family = self.family_mut(desc);
         if family.len == family.series.len() {
@@ -114,7 +174,7 @@ impl MetricSet {
             slot.clear();
             slot.push_str(value);
         }
-        series.value = value;
+        Some(series)
     }
 
     /// The families that hold at least one series after the last collection.
@@ -122,9 +182,14 @@ impl MetricSet {
         self.families.iter().filter(|f| f.len > 0)
     }
 
-    /// The value of one series, for tests and for collectors that derive one
-    /// metric from another.
+    /// The value of one series (a histogram's sum), for tests and for
+    /// collectors that derive one metric from another.
     pub fn get(&self, name: &str, label_values: &[&str]) -> Option<f64> {
+        self.series(name, label_values).map(|s| s.value)
+    }
+
+    /// One series, histograms' counts and buckets included.
+    pub fn series(&self, name: &str, label_values: &[&str]) -> Option<&Series> {
         self.families()
             .find(|f| f.desc.name == name)?
             .series()
@@ -135,7 +200,6 @@ impl MetricSet {
                     .map(String::as_str)
                     .eq(label_values.iter().copied())
             })
-            .map(|s| s.value)
     }
 
     fn family_mut(&mut self, desc: &'static Desc) -> &mut Family {
@@ -173,7 +237,15 @@ impl fmt::Display for MetricSet {
                     }
                     f.write_str("}")?;
                 }
-                writeln!(f, " {}", series.value)?;
+                if family.desc.kind == MetricKind::Histogram {
+                    write!(f, " sum={} count={}", series.value, series.count)?;
+                    for (bound, count) in &series.buckets {
+                        write!(f, " le{bound}={count}")?;
+                    }
+                    writeln!(f)?;
+                } else {
+                    writeln!(f, " {}", series.value)?;
+                }
             }
         }
         Ok(())
@@ -186,6 +258,7 @@ mod tests {
 
     static A: Desc = Desc::counter("a_total", "A.", &["x"]);
     static B: Desc = Desc::gauge("b", "B.", &[]);
+    static H: Desc = Desc::histogram("h_seconds", "H.", &["x"]);
 
     #[test]
     fn reuse_keeps_only_the_latest_collection() {
@@ -199,5 +272,21 @@ mod tests {
         assert_eq!(set.get("a_total", &["three"]), Some(4.0));
         assert_eq!(set.get("a_total", &["one"]), None);
         assert_eq!(set.get("b", &[]), None);
+    }
+
+    #[test]
+    fn histograms_keep_sum_count_and_cumulative_buckets() {
+        let mut set = MetricSet::default();
+        set.push_histogram(&H, &["one"], 0.75, 3, &[(0.1, 1), (1.0, 3)]);
+        assert_eq!(set.to_string(), "h_seconds{x=\"one\"} sum=0.75 count=3 le0.1=1 le1=3\n");
+        // A reused buffer takes the new buckets, not the old ones.
+        set.clear();
+        set.push_histogram(&H, &["two"], 2.0, 1, &[(5.0, 1)]);
+        let series = set.series("h_seconds", &["two"]).expect("series");
+        assert_eq!(
+            (series.value(), series.count(), series.buckets()),
+            (2.0, 1, &[(5.0, 1)][..])
+        );
+        assert_eq!(set.get("h_seconds", &["one"]), None);
     }
 }

@@ -104,8 +104,12 @@ impl Collector for Snapshot {
                     MetricType::Counter,
                 ),
                 MetricKind::Gauge => (desc.name, MetricType::Gauge),
+                MetricKind::Histogram => (desc.name, MetricType::Histogram),
             };
             let mut metric = encoder.encode_descriptor(name, desc.help, None, metric_type)?;
+            // prometheus-client takes per-bucket counts and the +Inf bucket
+            // explicitly; samples carry cumulative counts (what Prometheus shows).
+            let mut buckets: Vec<(f64, u64)> = Vec::new();
             for one in series {
                 let labels = Labels {
                     names: desc.labels,
@@ -115,11 +119,29 @@ impl Collector for Snapshot {
                 match desc.kind {
                     MetricKind::Counter => family.encode_counter::<NoLabelSet, _, f64>(&one.value(), None)?,
                     MetricKind::Gauge => family.encode_gauge(&one.value())?,
+                    MetricKind::Histogram => {
+                        per_bucket(one.buckets(), one.count(), &mut buckets);
+                        family.encode_histogram::<NoLabelSet>(one.value(), one.count(), &buckets, None)?;
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Cumulative `(bound, count)` pairs and the total as prometheus-client's
+/// per-bucket pairs ending in `+Inf`. A count below the previous one (a
+/// collector bug) is clamped, so the exposition stays monotonic.
+fn per_bucket(cumulative: &[(f64, u64)], count: u64, out: &mut Vec<(f64, u64)>) {
+    out.clear();
+    let mut previous = 0;
+    for &(bound, total) in cumulative {
+        let total = total.max(previous);
+        out.push((bound, total - previous));
+        previous = total;
+    }
+    out.push((f64::INFINITY, count.saturating_sub(previous)));
 }
 
 struct Labels<'a> {
@@ -144,6 +166,7 @@ mod tests {
     static REQUESTS: Desc = Desc::counter("t_requests_total", "Requests by code.", &["code"]);
     static TEMP: Desc = Desc::gauge("t_temperature_celsius", "A \\ backslash\nand newline.", &["room"]);
     static UP: Desc = Desc::gauge("t_up", "Up.", &[]);
+    static WAIT: Desc = Desc::histogram("t_wait_seconds", "Waits.", &["process"]);
 
     fn sets() -> Vec<Arc<MetricSet>> {
         let mut first = MetricSet::default();
@@ -184,6 +207,36 @@ mod tests {
         );
         assert!(text.contains("t_requests_total{code=\"200\"} 1000000.0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn histograms_in_both_formats() {
+        let mut set = MetricSet::default();
+        set.push_histogram(&WAIT, &["python3/7"], 0.5, 4, &[(0.001, 1), (0.01, 3)]);
+        let sets = vec![Arc::new(set)];
+        let text = encode(Format::PrometheusText, sets.clone()).unwrap();
+        assert_eq!(
+            text,
+            "# HELP t_wait_seconds Waits.\n\
+             # TYPE t_wait_seconds histogram\n\
+             t_wait_seconds_bucket{process=\"python3/7\",le=\"0.001\"} 1\n\
+             t_wait_seconds_bucket{process=\"python3/7\",le=\"0.01\"} 3\n\
+             t_wait_seconds_bucket{process=\"python3/7\",le=\"+Inf\"} 4\n\
+             t_wait_seconds_sum{process=\"python3/7\"} 0.5\n\
+             t_wait_seconds_count{process=\"python3/7\"} 4\n"
+        );
+        let open = encode(Format::OpenMetrics, sets).unwrap();
+        assert!(
+            open.contains("t_wait_seconds_bucket{le=\"+Inf\",process=\"python3/7\"} 4\n"),
+            "{open}"
+        );
+    }
+
+    #[test]
+    fn per_bucket_counts_clamp_a_decreasing_input() {
+        let mut out = Vec::new();
+        per_bucket(&[(1.0, 2), (2.0, 1), (3.0, 5)], 4, &mut out);
+        assert_eq!(out, [(1.0, 2), (2.0, 0), (3.0, 3), (f64::INFINITY, 0)]);
     }
 
     #[test]
