@@ -35,6 +35,33 @@ pub struct NetOwner {
     pub series: u32,
 }
 
+/// Buckets of the GIL wait histogram, `+Inf` included (`HW_GIL_BUCKETS`).
+pub const GIL_BUCKETS: usize = 12;
+/// Capacity of `gil_stats`, the most processes probed at once (`HW_GIL_MAX_TARGETS`).
+pub const GIL_MAX_TARGETS: u32 = 1024;
+/// The programs' global holding the histogram's finite bounds in nanoseconds.
+pub const GIL_BOUNDS_GLOBAL: &str = "hw_gil_bounds_ns";
+
+/// `struct hw_gil_stats`: value of `gil_stats`, one per CPU, keyed by tgid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilStats {
+    pub wait_ns: u64,
+    pub hold_ns: u64,
+    pub waits: u64,
+    pub hits: u64,
+    pub waiting: i64,
+    pub wait_buckets: [u64; GIL_BUCKETS],
+}
+
+/// `struct hw_gil_thread`: value of `gil_threads`, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilThread {
+    pub wait_start: u64,
+    pub hold_start: u64,
+}
+
 // SAFETY: each is #[repr(C)], made only of integers (any bit pattern is
 // valid) and has no padding, matching the C layout the kernel reads and writes.
 unsafe impl aya::Pod for NetIface {}
@@ -42,6 +69,10 @@ unsafe impl aya::Pod for NetIface {}
 unsafe impl aya::Pod for NetRing {}
 // SAFETY: as above.
 unsafe impl aya::Pod for NetOwner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GilStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GilThread {}
 
 #[cfg(test)]
 mod tests {
@@ -74,5 +105,7 @@ mod tests {
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_iface"), size_of::<NetIface>());
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_ring"), size_of::<NetRing>());
         assert_eq!(btf_size("netburst.bpf.o", "hw_net_owner"), size_of::<NetOwner>());
+        assert_eq!(btf_size("gil.bpf.o", "hw_gil_stats"), size_of::<GilStats>());
+        assert_eq!(btf_size("gil.bpf.o", "hw_gil_thread"), size_of::<GilThread>());
     }
 }

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/*
+ * gil: how long Python threads wait for the GIL and how long they hold it,
+ * summed per process (tgid) in per-CPU counters and a wait histogram. No
+ * per-event output: the agent reads the sums.
+ *
+ * Hooks, attached by the agent per target process and by file offset:
+ * hw_gil_take_enter and hw_gil_take_return on CPython's take_gil (uprobe and
+ * uretprobe: the wait), hw_gil_drop on drop_gil (the end of a hold). Where the
+ * interpreter has no symbols for those static functions, the first two go on
+ * the exported PyEval_RestoreThread instead, which sees only the waits that
+ * follow a blocking call, and drop_gil is not probed.
+ *
+ * Needs CAP_BPF + CAP_PERFMON. Every probe hit costs a trap into the kernel
+ * (about a microsecond), so each hit is counted for the agent's cost governor.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "hostwatch.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* The histogram's finite upper bounds in nanoseconds, increasing; written by
+ * the agent at load so the bounds it exports are the ones counted here. */
+const volatile __u64 hw_gil_bounds_ns[HW_GIL_BUCKETS - 1] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, HW_GIL_MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, struct hw_gil_stats);
+} gil_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HW_GIL_MAX_THREADS);
+	__type(key, __u64);
+	__type(value, struct hw_gil_thread);
+} gil_threads SEC(".maps");
+
+/* The calling process's counters, with this hit counted; NULL when the
+ * process is not a target (a race with attach or detach). Uprobe programs run
+ * preemptibly (migrate_disable only), so two threads on one CPU may interleave:
+ * every update of the shared per-CPU value is atomic. */
+static __always_inline struct hw_gil_stats *stats_of(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	struct hw_gil_stats *stats = bpf_map_lookup_elem(&gil_stats, &tgid);
+	if (stats)
+		__sync_fetch_and_add(&stats->hits, 1);
+	return stats;
+}
+
+SEC("uprobe")
+int hw_gil_take_enter(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (!stats)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
+	if (thread) {
+		if (!thread->wait_start)
+			__sync_fetch_and_add(&stats->waiting, 1);
+		thread->wait_start = now;
+		return 0;
+	}
+	struct hw_gil_thread fresh = { .wait_start = now };
+	if (!bpf_map_update_elem(&gil_threads, &id, &fresh, BPF_ANY))
+		__sync_fetch_and_add(&stats->waiting, 1);
+	return 0;
+}
+
+SEC("uretprobe")
+int hw_gil_take_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (!stats)
+		return 0;
+	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
+	/* No start: the call began before the probes were attached. */
+	if (!thread || !thread->wait_start)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 wait = now - thread->wait_start;
+	thread->wait_start = 0;
+	thread->hold_start = now;
+	__sync_fetch_and_add(&stats->waiting, -1);
+	__sync_fetch_and_add(&stats->wait_ns, wait);
+	__sync_fetch_and_add(&stats->waits, 1);
+	__u32 bucket = HW_GIL_BUCKETS - 1;
+	for (__u32 i = 0; i < HW_GIL_BUCKETS - 1; i++) {
+		if (wait <= hw_gil_bounds_ns[i]) {
+			bucket = i;
+			break;
+		}
+	}
+	__sync_fetch_and_add(&stats->wait_buckets[bucket], 1);
+	return 0;
+}
+
+SEC("uprobe")
+int hw_gil_drop(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (!stats)
+		return 0;
+	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
+	/* No start: the GIL was taken before the probes were attached. */
+	if (!thread || !thread->hold_start)
+		return 0;
+	__sync_fetch_and_add(&stats->hold_ns, bpf_ktime_get_ns() - thread->hold_start);
+	thread->hold_start = 0;
+	return 0;
+}
