@@ -6,10 +6,12 @@
  *
  * Hooks, attached by the agent per target process and by file offset:
  * hw_gil_take_enter and hw_gil_take_return on CPython's take_gil (uprobe and
- * uretprobe: the wait), hw_gil_drop on drop_gil (the end of a hold). Where the
- * interpreter has no symbols for those static functions, the first two go on
- * the exported PyEval_RestoreThread instead, which sees only the waits that
- * follow a blocking call, and drop_gil is not probed.
+ * uretprobe: waiting for the GIL, then holding it), hw_gil_drop_enter and
+ * hw_gil_drop_return on drop_gil (the hold ends; a thread asked to drop waits
+ * there until another has taken the GIL). Where the interpreter has no symbols
+ * for those static functions, the take programs go on the exported
+ * PyEval_RestoreThread instead, which sees only the waits that follow a
+ * blocking call, and drop_gil is not probed.
  *
  * Needs CAP_BPF + CAP_PERFMON. Every probe hit costs a trap into the kernel
  * (about a microsecond), so each hit is counted for the agent's cost governor.
@@ -53,24 +55,52 @@ static __always_inline struct hw_gil_stats *stats_of(__u64 pid_tgid)
 	return stats;
 }
 
-SEC("uprobe")
-int hw_gil_take_enter(struct pt_regs *ctx)
+/* The thread starts waiting: for the GIL (take_gil), or for another thread to
+ * take the GIL it was asked to hand over (drop_gil). */
+static __always_inline void begin_wait(struct hw_gil_stats *stats, __u64 id, __u64 now)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct hw_gil_stats *stats = stats_of(id);
-	if (!stats)
-		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
 	if (thread) {
 		if (!thread->wait_start)
 			__sync_fetch_and_add(&stats->waiting, 1);
 		thread->wait_start = now;
-		return 0;
+		return;
 	}
 	struct hw_gil_thread fresh = { .wait_start = now };
 	if (!bpf_map_update_elem(&gil_threads, &id, &fresh, BPF_ANY))
 		__sync_fetch_and_add(&stats->waiting, 1);
+}
+
+/* The wait ends: counted, and placed in the histogram. Returns the thread, or
+ * NULL when no wait was in progress (the call began before the probes were
+ * attached). */
+static __always_inline struct hw_gil_thread *end_wait(struct hw_gil_stats *stats, __u64 id, __u64 now)
+{
+	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
+	if (!thread || !thread->wait_start)
+		return NULL;
+	__u64 wait = now - thread->wait_start;
+	thread->wait_start = 0;
+	__sync_fetch_and_add(&stats->waiting, -1);
+	__sync_fetch_and_add(&stats->wait_ns, wait);
+	__u32 bucket = HW_GIL_BUCKETS - 1;
+	for (__u32 i = 0; i < HW_GIL_BUCKETS - 1; i++) {
+		if (wait <= hw_gil_bounds_ns[i]) {
+			bucket = i;
+			break;
+		}
+	}
+	__sync_fetch_and_add(&stats->wait_buckets[bucket], 1);
+	return thread;
+}
+
+SEC("uprobe")
+int hw_gil_take_enter(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (stats)
+		begin_wait(stats, id, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -81,40 +111,41 @@ int hw_gil_take_return(struct pt_regs *ctx)
 	struct hw_gil_stats *stats = stats_of(id);
 	if (!stats)
 		return 0;
-	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
-	/* No start: the call began before the probes were attached. */
-	if (!thread || !thread->wait_start)
-		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 wait = now - thread->wait_start;
-	thread->wait_start = 0;
-	thread->hold_start = now;
-	__sync_fetch_and_add(&stats->waiting, -1);
-	__sync_fetch_and_add(&stats->wait_ns, wait);
-	__sync_fetch_and_add(&stats->waits, 1);
-	__u32 bucket = HW_GIL_BUCKETS - 1;
-	for (__u32 i = 0; i < HW_GIL_BUCKETS - 1; i++) {
-		if (wait <= hw_gil_bounds_ns[i]) {
-			bucket = i;
-			break;
-		}
-	}
-	__sync_fetch_and_add(&stats->wait_buckets[bucket], 1);
+	struct hw_gil_thread *thread = end_wait(stats, id, now);
+	if (thread)
+		thread->hold_start = now;
 	return 0;
 }
 
+/* The hold ends. A thread asked to drop the GIL (another one timed out
+ * waiting) then waits inside drop_gil until a waiter has taken it, and only
+ * then goes back to take_gil: that handover is waiting too, or a CPU-bound
+ * thread's wait and hold would not add up to its time. */
 SEC("uprobe")
-int hw_gil_drop(struct pt_regs *ctx)
+int hw_gil_drop_enter(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct hw_gil_stats *stats = stats_of(id);
 	if (!stats)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
 	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
 	/* No start: the GIL was taken before the probes were attached. */
-	if (!thread || !thread->hold_start)
-		return 0;
-	__sync_fetch_and_add(&stats->hold_ns, bpf_ktime_get_ns() - thread->hold_start);
-	thread->hold_start = 0;
+	if (thread && thread->hold_start) {
+		__sync_fetch_and_add(&stats->hold_ns, now - thread->hold_start);
+		thread->hold_start = 0;
+	}
+	begin_wait(stats, id, now);
+	return 0;
+}
+
+SEC("uretprobe")
+int hw_gil_drop_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (stats)
+		end_wait(stats, id, bpf_ktime_get_ns());
 	return 0;
 }

@@ -58,12 +58,11 @@ struct hw_net_owner {
  * update existing entries, so an unknown process costs a lookup and nothing
  * else. Counters only grow; userspace sums the CPUs. */
 struct hw_gil_stats {
-	__u64 wait_ns;   /* time from take_gil's entry to its return */
+	__u64 wait_ns;   /* time in take_gil, and in drop_gil handing over on request */
 	__u64 hold_ns;   /* time from take_gil's return to drop_gil's entry */
-	__u64 waits;     /* completed waits: the histogram's count */
 	__u64 hits;      /* probe invocations: the cost governor's input */
 	__s64 waiting;   /* waits begun minus waits completed (sum over CPUs) */
-	__u64 wait_buckets[HW_GIL_BUCKETS]; /* not cumulative */
+	__u64 wait_buckets[HW_GIL_BUCKETS]; /* completed waits of either kind; not cumulative */
 };
 
 /* Value of gil_threads, key the thread's pid_tgid: when its current wait or

@@ -125,7 +125,15 @@ mod tests {
         let object = aya_obj::Object::parse(GIL.bytes).expect("gil parses");
         let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
         programs.sort_unstable();
-        assert_eq!(programs, ["hw_gil_drop", "hw_gil_take_enter", "hw_gil_take_return"]);
+        assert_eq!(
+            programs,
+            [
+                "hw_gil_drop_enter",
+                "hw_gil_drop_return",
+                "hw_gil_take_enter",
+                "hw_gil_take_return"
+            ]
+        );
         let mut maps: Vec<&str> = object
             .maps
             .keys()

@@ -48,7 +48,6 @@ pub const GIL_BOUNDS_GLOBAL: &str = "hw_gil_bounds_ns";
 pub struct GilStats {
     pub wait_ns: u64,
     pub hold_ns: u64,
-    pub waits: u64,
     pub hits: u64,
     pub waiting: i64,
     pub wait_buckets: [u64; GIL_BUCKETS],
