@@ -24,6 +24,7 @@ pub mod memory;
 pub mod netdev;
 pub mod pressure;
 pub mod process;
+pub mod python;
 
 #[cfg(test)]
 mod testing;
@@ -44,6 +45,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &netdev::SPEC,
     &ethtool::SPEC,
     &process::SPEC,
+    &python::SPEC,
 ];
 
 /// The collector named `name`.
