@@ -50,7 +50,19 @@ fn invalid_configs_name_file_line_column_and_reason() {
         ),
         (
             "[collectors.nosuch]\n",
-            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `process`\n",
+            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `process`, `python`\n",
+        ),
+        (
+            "[collectors.python]\nmax_targets = 2000\n",
+            "FILE:2:15: value 2000 out of range: must be between 1 and 1024\n",
+        ),
+        (
+            "[collectors.python]\ncpu_budget = 1.5\n",
+            "FILE:2:14: value 1.5 out of range: must be greater than 0 and at most 1\n",
+        ),
+        (
+            "[collectors.python]\ncmdline = \"train(\"\n",
+            "FILE:2:11: invalid regular expression \"train(\": regex parse error:\n    ^(?:train()$\n     ^\nerror: unclosed group\n",
         ),
         ("[agent\n", "FILE:1:7: unclosed table, expected `]`\n"),
     ];
