@@ -12,8 +12,8 @@
 //! Python processes are found by the interpreter file they map, selected by
 //! the config (comm, cmdline, cgroup; default all), rescanned every
 //! `rescan_interval` (2 s), probed when they appear and detached when they
-//! exit, at most `max_targets` (64) at once; the overflow waits for a place
-//! and is counted. Each process is probed in the best mode its interpreter
+//! exit, at most `max_targets` (64) at once, counting those whose probes the
+//! kernel is still releasing; the overflow waits for a place and is counted. Each process is probed in the best mode its interpreter
 //! allows (`symtab`, `debuginfo`, else `fallback`), reported per process. The
 //! cost governor ([`governor`]) estimates the probes' CPU from their hits each
 //! second and, above `cpu_budget`, detaches the busiest processes, which
@@ -26,7 +26,7 @@
 //! `hostwatch_python_gil_probe_hits_total{process}`,
 //! `hostwatch_python_target_info{process,mode,binary}`,
 //! `hostwatch_python_targets{mode}`, `hostwatch_python_unprobed_processes{reason}`,
-//! `hostwatch_python_target_events_total{event}`,
+//! `hostwatch_python_target_events_total{event}`, `hostwatch_python_detaching_processes`,
 //! `hostwatch_python_gil_probe_cost_ratio`, `hostwatch_python_gil_probe_budget_ratio`.
 
 pub mod discovery;
@@ -136,6 +136,12 @@ static EVENTS: Desc = Desc::counter(
     "hostwatch_python_target_events_total",
     "Python processes attached, detached on exit, vanished before attach, overflowed, shed or failed.",
     &["event"],
+);
+static DETACHING: Desc = Desc::gauge(
+    "hostwatch_python_detaching_processes",
+    "Processes detached whose probes the kernel is still releasing (about 0.1 s per probe); \
+     they count against max_targets.",
+    &[],
 );
 static COST: Desc = Desc::gauge(
     "hostwatch_python_gil_probe_cost_ratio",
@@ -313,7 +319,7 @@ impl Python {
             .iter()
             .filter(|(_, why)| matches!(why, Unprobed::Overflow(_)))
             .map(|(pid, _)| *pid)
-            .take(self.max_targets.saturating_sub(self.targets.len()))
+            .take(self.free_places())
             .collect();
         for pid in waiting {
             if let Some(Unprobed::Overflow(found)) = self.unprobed.remove(&pid) {
@@ -334,8 +340,14 @@ impl Python {
         }
     }
 
+    /// Places under `max_targets`: probes still being released hold theirs.
+    fn free_places(&self) -> usize {
+        self.max_targets
+            .saturating_sub(self.targets.len() + self.probes.detaching())
+    }
+
     fn consider(&mut self, found: Found) {
-        if self.targets.len() < self.max_targets {
+        if self.free_places() > 0 {
             self.attach(found);
             return;
         }
@@ -490,6 +502,7 @@ impl Python {
         for (event, count) in Event::ALL.iter().zip(self.events) {
             out.push(&EVENTS, &[event.label()], count as f64);
         }
+        out.push(&DETACHING, &[], self.probes.detaching() as f64);
         out.push(&COST, &[], self.cost);
         out.push(&BUDGET, &[], self.budget);
     }

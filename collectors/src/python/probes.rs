@@ -6,13 +6,23 @@
 //! is a perf event per probe, scoped to the target process (so other processes
 //! running the same file pay nothing), linked to a program loaded once. A
 //! process's counter entry exists exactly while it is attached.
+//!
+//! Detaching is slow: the kernel waits for a grace period on every uprobe
+//! link it closes (about 100 ms each here, serialised), so the links of a
+//! detached process are closed on a thread of their own, and the collection
+//! never waits for them. [`Probes::detaching`] says how many processes'
+//! links are still being closed; they count against the target cap, which
+//! bounds the backlog.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, UProbe};
 use hostwatch_ebpf::maps::{GIL_BOUNDS_GLOBAL, GIL_BUCKETS, GilStats};
 use hostwatch_ebpf::{Error, GIL};
@@ -49,6 +59,10 @@ pub struct Probes {
     stats: PerCpuHashMap<MapData, u32, GilStats>,
     /// Possible CPUs: the length of a per-CPU value.
     cpus: usize,
+    /// To the thread that closes detached processes' links.
+    closer: Sender<Vec<UProbeLink>>,
+    /// Processes whose links are still being closed.
+    detaching: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -122,7 +136,25 @@ impl Probes {
         })?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| Unavailable::new(format!("counting possible CPUs ({path}): {error}")))?;
-        Ok(Self { ebpf, stats, cpus })
+        let (closer, closing) = channel::<Vec<UProbeLink>>();
+        let detaching = Arc::new(AtomicUsize::new(0));
+        let done = Arc::clone(&detaching);
+        std::thread::Builder::new()
+            .name("gil-detach".into())
+            .spawn(move || {
+                for links in closing {
+                    drop(links);
+                    done.fetch_sub(1, Ordering::Relaxed);
+                }
+            })
+            .map_err(|error| Unavailable::new(format!("starting the GIL probe detach thread: {error}")))?;
+        Ok(Self {
+            ebpf,
+            stats,
+            cpus,
+            closer,
+            detaching,
+        })
     }
 
     /// Probes `pid`, which runs `binary` (a path that opens the file the
@@ -179,23 +211,37 @@ impl Probes {
         )
     }
 
-    /// Removes `attachment`'s probes and counters. Errors are logged, not
-    /// returned: the links are closed either way when their file descriptors go.
+    /// Removes `attachment`'s counters at once (the programs stop counting the
+    /// process) and hands its links to the closing thread. Errors are logged,
+    /// not returned: there is nothing else to do about them.
     pub fn detach(&mut self, attachment: Attachment) {
-        // Return probe first, mirroring attach.
-        for (name, link) in attachment.links.into_iter().rev() {
-            let result = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProgramError::NotLoaded)
-                .and_then(|program| <&mut UProbe>::try_from(program)?.detach(link));
-            if let Err(error) = result {
-                tracing::debug!(pid = attachment.pid, program = name, %error, "detaching a GIL probe");
-            }
-        }
         if let Err(error) = self.stats.remove(&attachment.pid) {
             tracing::debug!(pid = attachment.pid, %error, "removing a process's GIL counters");
         }
+        let mut links = Vec::with_capacity(attachment.links.len());
+        // Return probes first, mirroring attach.
+        for (name, link) in attachment.links.into_iter().rev() {
+            let taken = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProgramError::NotLoaded)
+                .and_then(|program| <&mut UProbe>::try_from(program)?.take_link(link));
+            match taken {
+                Ok(link) => links.push(link),
+                Err(error) => tracing::debug!(pid = attachment.pid, program = name, %error, "detaching a GIL probe"),
+            }
+        }
+        self.detaching.fetch_add(1, Ordering::Relaxed);
+        if let Err(unsent) = self.closer.send(links) {
+            // The closing thread is gone (it only ends with this struct): close here.
+            drop(unsent);
+            self.detaching.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Processes detached whose links the kernel is still releasing.
+    pub fn detaching(&self) -> usize {
+        self.detaching.load(Ordering::Relaxed)
     }
 
     /// `pid`'s counters summed over CPUs into `out` (zero when absent).
