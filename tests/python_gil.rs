@@ -274,6 +274,45 @@ fn stripped_python_without_debug_file_is_reported_in_fallback_mode() {
     readme_lists(&text);
 }
 
+/// Over the CPU budget, the busiest process is detached and the quiet one
+/// stays probed; the metrics and the log say so.
+#[test]
+fn over_budget_the_busiest_process_is_shed() {
+    if !is_root() {
+        eprintln!("skipped: probing needs root (CAP_BPF, CAP_PERFMON)");
+        return;
+    }
+    let dir = TempDir::new("gil-budget");
+    let tag = format!("hostwatch-gil-budget-{}", std::process::id());
+    // A thread sleeping 1 ms at a time beside a CPU-bound one takes the GIL
+    // back about 170 times a second (each time after the 5 ms switch
+    // interval): some 700 hits, 0.1 % of a CPU at 1.5 us each. A lone
+    // CPU-bound thread never switches: no hits.
+    let agent = agent(&dir, &tag, "cpu_budget = 0.0002\n");
+    let busy = Workload::start(STRIPPED_PYTHON, 1, 8.0, &tag, true);
+    let quiet = Workload::start(STRIPPED_PYTHON, 1, 8.0, &tag, false);
+    let busy = label(STRIPPED_PYTHON, busy.child.id());
+    let quiet = label(STRIPPED_PYTHON, quiet.child.id());
+    wait_for(
+        Duration::from_secs(10),
+        || value(&agent.metrics(), "hostwatch_python_target_events_total{event=\"shed\"}") == Some(1.0),
+        "the busy process to be shed",
+    );
+    let text = agent.metrics();
+    assert!(!text.contains(&format!("process=\"{busy}\"")), "{text}");
+    assert!(text.contains(&format!("process=\"{quiet}\"")), "{text}");
+    assert_eq!(
+        value(&text, "hostwatch_python_unprobed_processes{reason=\"shed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "hostwatch_python_gil_probe_budget_ratio"), Some(0.0002));
+    let logs = agent.logs();
+    assert!(
+        logs.contains("GIL probes over their CPU budget") && logs.contains(&busy),
+        "{logs}"
+    );
+}
+
 /// 1000 short-lived Python processes, many of them probed while they live:
 /// every probe is released again, nothing fails, and the agent's memory stays
 /// flat. The kernel takes about 0.1 s to release each probe, so releases lag
