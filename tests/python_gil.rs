@@ -236,6 +236,30 @@ fn one_thread_alone_waits_nearly_nothing() {
     assert!(last - first < 0.03, "a lone thread waited {} s in 3 s", last - first);
 }
 
+/// A thread that sleeps 1 ms at a time releases the GIL around each sleep in
+/// PyEval_SaveThread, where Debian's build inlines drop_gil: the hold must end
+/// there, not run on through the sleeps.
+#[test]
+fn a_sleeping_thread_holds_the_gil_nearly_never() {
+    if !is_root() {
+        eprintln!("skipped: probing needs root (CAP_BPF, CAP_PERFMON)");
+        return;
+    }
+    let dir = TempDir::new("gil-sleeper");
+    let tag = format!("hostwatch-gil-sleeper-{}", std::process::id());
+    let agent = agent(&dir, &tag, "");
+    let workload = Workload::start(STRIPPED_PYTHON, 0, 6.0, &tag, true);
+    let process = label(STRIPPED_PYTHON, workload.child.id());
+    wait_until_probed(&agent, &process);
+    let hold = format!("hostwatch_python_gil_hold_seconds_total{{process=\"{process}\"}}");
+    let (t0, first) = fresh(&agent, &hold, None);
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, last) = fresh(&agent, &hold, value(&first, &hold));
+    let share = (value(&last, &hold).unwrap() - value(&first, &hold).unwrap()) / (t1 - t0).as_secs_f64();
+    eprintln!("sleeper: holds the GIL {share:.4} of the time");
+    assert!(share < 0.1, "a sleeping thread held the GIL {share:.3} of the time");
+}
+
 /// Debian's stripped python3.11 with no debug file to be found: probed on
 /// PyEval_RestoreThread, reported as fallback, without hold times, and still
 /// seeing the waits after blocking calls (a thread sleeping 1 ms at a time

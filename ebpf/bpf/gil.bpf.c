@@ -8,10 +8,11 @@
  * hw_gil_take_enter and hw_gil_take_return on CPython's take_gil (uprobe and
  * uretprobe: waiting for the GIL, then holding it), hw_gil_drop_enter and
  * hw_gil_drop_return on drop_gil (the hold ends; a thread asked to drop waits
- * there until another has taken the GIL). Where the interpreter has no symbols
- * for those static functions, the take programs go on the exported
- * PyEval_RestoreThread instead, which sees only the waits that follow a
- * blocking call, and drop_gil is not probed.
+ * there until another has taken the GIL), hw_gil_release on the exported
+ * PyEval_SaveThread (the hold ends, where drop_gil is inlined). Where the
+ * interpreter has no symbols for the static functions, the take programs go
+ * on the exported PyEval_RestoreThread instead, which sees only the waits
+ * that follow a blocking call, and holds are not measured.
  *
  * Needs CAP_BPF + CAP_PERFMON. Every probe hit costs a trap into the kernel
  * (about a microsecond), so each hit is counted for the agent's cost governor.
@@ -64,6 +65,8 @@ static __always_inline void begin_wait(struct hw_gil_stats *stats, __u64 id, __u
 		if (!thread->wait_start)
 			__sync_fetch_and_add(&stats->waiting, 1);
 		thread->wait_start = now;
+		/* A hold whose end was not seen: its length is unknown. */
+		thread->hold_start = 0;
 		return;
 	}
 	struct hw_gil_thread fresh = { .wait_start = now };
@@ -118,10 +121,24 @@ int hw_gil_take_return(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The hold ends. A thread asked to drop the GIL (another one timed out
- * waiting) then waits inside drop_gil until a waiter has taken it, and only
- * then goes back to take_gil: that handover is waiting too, or a CPU-bound
- * thread's wait and hold would not add up to its time. */
+/* The hold ends. Not seen when a build inlines drop_gil into the caller
+ * (Debian's LTO build does, into PyEval_SaveThread): hw_gil_release on
+ * PyEval_SaveThread ends the hold there too, and a take that finds a hold
+ * still open drops it uncounted rather than count the time in between. */
+static __always_inline void end_hold(struct hw_gil_stats *stats, __u64 id, __u64 now)
+{
+	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
+	/* No start: the GIL was taken before the probes were attached. */
+	if (thread && thread->hold_start) {
+		__sync_fetch_and_add(&stats->hold_ns, now - thread->hold_start);
+		thread->hold_start = 0;
+	}
+}
+
+/* drop_gil: the hold ends. A thread asked to drop the GIL (another one timed
+ * out waiting) then waits inside drop_gil until a waiter has taken it, and
+ * only then goes back to take_gil: that handover is waiting too, or a
+ * CPU-bound thread's wait and hold would not add up to its time. */
 SEC("uprobe")
 int hw_gil_drop_enter(struct pt_regs *ctx)
 {
@@ -130,13 +147,19 @@ int hw_gil_drop_enter(struct pt_regs *ctx)
 	if (!stats)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct hw_gil_thread *thread = bpf_map_lookup_elem(&gil_threads, &id);
-	/* No start: the GIL was taken before the probes were attached. */
-	if (thread && thread->hold_start) {
-		__sync_fetch_and_add(&stats->hold_ns, now - thread->hold_start);
-		thread->hold_start = 0;
-	}
+	end_hold(stats, id, now);
 	begin_wait(stats, id, now);
+	return 0;
+}
+
+/* PyEval_SaveThread, the release around blocking calls: the hold ends. */
+SEC("uprobe")
+int hw_gil_release(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct hw_gil_stats *stats = stats_of(id);
+	if (stats)
+		end_hold(stats, id, bpf_ktime_get_ns());
 	return 0;
 }
 

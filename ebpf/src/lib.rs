@@ -130,6 +130,7 @@ mod tests {
             [
                 "hw_gil_drop_enter",
                 "hw_gil_drop_return",
+                "hw_gil_release",
                 "hw_gil_take_enter",
                 "hw_gil_take_return"
             ]

@@ -156,7 +156,9 @@ impl Scanner {
             if self.read(found.pid, "cmdline").is_err() {
                 return false;
             }
-            let cmdline = self.text.trim_end_matches('\0').replace('\0', " ");
+            // Arguments joined by spaces; a newline inside one (`python -c`
+            // with a script) reads as a space too, so `.*` spans it.
+            let cmdline = self.text.trim_end_matches('\0').replace(['\0', '\n'], " ");
             if !pattern.is_match(&cmdline) {
                 return false;
             }
@@ -189,7 +191,8 @@ impl Scanner {
 pub struct Selection {
     /// The command name (`/proc/PID/comm`, at most 15 bytes).
     pub comm: Option<Pattern>,
-    /// The command line, arguments joined by spaces.
+    /// The command line, arguments joined by spaces (newlines in them read
+    /// as spaces too).
     pub cmdline: Option<Pattern>,
     /// The cgroup v2 path (`/system.slice/train.service`), or systemd's v1
     /// hierarchy path on hosts without a unified hierarchy.
@@ -407,8 +410,25 @@ mod tests {
         let tree = TempTree::new(&[
             ("proc/10/cmdline", "python3.11\0train.py\0--rank\x000\0"),
             ("proc/10/cgroup", "0::/system.slice/train.service\n"),
+            ("proc/11/cmdline", "python3.11\0-c\0import time\ntime.sleep(1)\0tag\0"),
         ]);
         let mut scanner = Scanner::new(tree.paths());
+        let script = Found {
+            pid: 11,
+            start_time: 1,
+            comm: "python3.11".into(),
+            interpreter: "/usr/bin/python3.11".into(),
+        };
+        assert!(
+            scanner.selects(
+                &Selection {
+                    cmdline: Pattern::new(".* tag").ok(),
+                    ..Selection::default()
+                },
+                &script
+            ),
+            "a newline in an argument reads as a space"
+        );
         let found = Found {
             pid: 10,
             start_time: 500,

@@ -35,6 +35,7 @@ const TAKE_ENTER: &str = "hw_gil_take_enter";
 const TAKE_RETURN: &str = "hw_gil_take_return";
 const DROP_ENTER: &str = "hw_gil_drop_enter";
 const DROP_RETURN: &str = "hw_gil_drop_return";
+const RELEASE: &str = "hw_gil_release";
 const STATS: &str = "gil_stats";
 
 /// Upper bounds of the wait histogram's finite buckets: around the interpreter's
@@ -116,7 +117,7 @@ impl Probes {
                 .map_max_entries(STATS, max_targets);
         })
         .map_err(unavailable)?;
-        for name in [TAKE_ENTER, TAKE_RETURN, DROP_ENTER, DROP_RETURN] {
+        for name in [TAKE_ENTER, TAKE_RETURN, DROP_ENTER, DROP_RETURN, RELEASE] {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|source| program_error(name, source))?;
@@ -168,13 +169,14 @@ impl Probes {
             .map_err(|source| AttachError::Counters { pid, source })?;
         let mut attachment = Attachment {
             pid,
-            links: Vec::with_capacity(4),
+            links: Vec::with_capacity(5),
         };
         // Entry before return: a return probe that fires finds its entry's start.
         let mut points = vec![(TAKE_ENTER, offsets.take), (TAKE_RETURN, offsets.take)];
         if let Some(drop) = offsets.drop {
             points.extend([(DROP_ENTER, drop), (DROP_RETURN, drop)]);
         }
+        points.extend(offsets.release.map(|release| (RELEASE, release)));
         for (program, offset) in points {
             match self.attach_one(program, offset, binary, pid) {
                 Ok(link) => attachment.links.push((program, link)),

@@ -54,6 +54,9 @@ pub struct Offsets {
     pub take: u64,
     /// `drop_gil`'s entry; `None` in fallback mode, or when only `take_gil` has a symbol.
     pub drop: Option<u64>,
+    /// `PyEval_SaveThread`, where builds that inline `drop_gil` into it
+    /// (Debian's) release the GIL around blocking calls; `None` in fallback mode.
+    pub release: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +113,20 @@ pub fn resolve(binary: &Path, debug_dir: &Path) -> Result<Offsets, SymbolError> 
                 address,
             })
     };
+    let exported = |name: &str| {
+        elf.dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(name))
+            .map(|s| s.address())
+    };
     let in_file = |mode, functions: GilFunctions| -> Result<Offsets, SymbolError> {
         Ok(Offsets {
             mode,
             take: offset("take_gil", functions.take)?,
             drop: functions.drop.map(|address| offset("drop_gil", address)).transpose()?,
+            release: exported("PyEval_SaveThread")
+                .map(|address| offset("PyEval_SaveThread", address))
+                .transpose()?,
         })
     };
 
@@ -128,15 +140,12 @@ pub fn resolve(binary: &Path, debug_dir: &Path) -> Result<Offsets, SymbolError> 
             return in_file(Mode::DebugInfo, functions);
         }
     }
-    let restore = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok("PyEval_RestoreThread"));
-    match restore {
-        Some(symbol) => Ok(Offsets {
+    match exported("PyEval_RestoreThread") {
+        Some(address) => Ok(Offsets {
             mode: Mode::Fallback,
-            take: offset("PyEval_RestoreThread", symbol.address())?,
+            take: offset("PyEval_RestoreThread", address)?,
             drop: None,
+            release: None,
         }),
         None => Err(SymbolError::NoSymbols {
             path: binary.to_path_buf(),
@@ -263,6 +272,7 @@ mod tests {
         let offsets = resolve(require("/usr/bin/python3.11d"), Path::new("/nonexistent")).expect("resolves");
         assert_eq!(offsets.mode, Mode::Symtab);
         assert!(offsets.drop.is_some_and(|drop| drop != offsets.take), "{offsets:?}");
+        assert!(offsets.release.is_some(), "{offsets:?}");
     }
 
     #[test]
@@ -273,7 +283,7 @@ mod tests {
         assert!(offsets.drop.is_some());
         let fallback = resolve(python, Path::new("/nonexistent")).expect("resolves");
         assert_eq!(fallback.mode, Mode::Fallback);
-        assert_eq!(fallback.drop, None);
+        assert_eq!((fallback.drop, fallback.release), (None, None));
         assert_ne!(fallback.take, offsets.take);
         // The offsets are within the file, where its code is.
         let size = std::fs::metadata(python).expect("stat").len();

@@ -73,7 +73,7 @@ fn attach_detach_and_a_process_gone_before_attach_leave_nothing_behind() {
     let mut collector = Python::new(&HostPaths::default(), &config).expect("loads as root");
     let before = kernel_objects();
 
-    // Found, probed in debuginfo mode (four probes), detached on exit.
+    // Found, probed in debuginfo mode (five probes), detached on exit.
     let mut child = python(&tag);
     collector.rescan().expect("scan");
     let pid = child.id();
@@ -81,7 +81,7 @@ fn attach_detach_and_a_process_gone_before_attach_leave_nothing_behind() {
     assert_eq!(target.mode, Mode::DebugInfo);
     assert_eq!(
         kernel_objects(),
-        before + 4,
+        before + 5,
         "a link per probe (the link holds its perf event)"
     );
     child.kill().expect("kill");
