@@ -17,9 +17,10 @@ fixed window after a warm-up. In the hostwatch trials the per-thread GIL wait
 share is read from hostwatch's counters over the same window (expected: 3/4).
 
 A second scenario measures the cost of one probe hit: one thread calling
-time.sleep(0) (releases and retakes the GIL: four probe hits per call) with
-and without the probes; the difference in time per call over hits per call is
-the per-hit cost that hostwatch's cost governor assumes (probe_hit_cost_ns).
+os.read(/dev/zero, 1), which releases and retakes the GIL around a cheap
+system call (three probe hits per call with Debian's build), with and without
+the probes; the difference in time per call over hits per call is the
+per-hit cost that hostwatch's cost governor assumes (probe_hit_cost_ns).
 
 Usage: cargo build --release && bench/gil_overhead.py [--rounds 5] [--seconds 5]
 Needs: root, python3.11-dbg and py-spy (packaging/install-deps.sh --test).
@@ -38,9 +39,9 @@ import urllib.request
 
 PYTHON = "/usr/bin/python3.11"
 
-# Prints "ready", warms up, counts iterations for SECONDS, prints the total,
-# and waits for a line on stdin before exiting (so that the agent can still
-# be scraped about it).
+# Prints "ready", warms up, counts iterations for SECONDS, prints iterations
+# per second and the process's CPU seconds in that window, and waits for a line
+# on stdin before exiting (so that the agent can still be scraped about it).
 THREADS_WORKER = r"""
 import sys, threading, time
 threads, warmup, seconds = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
@@ -62,24 +63,29 @@ workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
 for w in workers:
     w.start()
 print("ready", flush=True)
+time.sleep(max(0.0, start - time.monotonic()))
+cpu = time.process_time()
+time.sleep(max(0.0, stop - time.monotonic()))
+cpu = time.process_time() - cpu
 for w in workers:
     w.join()
-print(sum(counts) / seconds, flush=True)
+print(sum(counts) / seconds, cpu, flush=True)
 sys.stdin.readline()
 """
 
-SLEEP0_WORKER = r"""
-import sys, time
+RELEASE_WORKER = r"""
+import os, sys, time
 warmup, seconds = float(sys.argv[1]), float(sys.argv[2])
+fd = os.open("/dev/zero", os.O_RDONLY)
 print("ready", flush=True)
 time.sleep(warmup)
 calls = 0
 start = time.monotonic()
 stop = start + seconds
 while time.monotonic() < stop:
-    for _ in range(100):
-        time.sleep(0)
-    calls += 100
+    for _ in range(1000):
+        os.read(fd, 1)
+    calls += 1000
 print(calls, time.monotonic() - start, flush=True)
 sys.stdin.readline()
 """
@@ -103,8 +109,9 @@ class Agent:
                 'interval = "100ms"\n'
                 'rescan_interval = "100ms"\n'
                 f"cmdline = '.* {tag}( .*)?'\n"
-                # The benchmark measures the probes' cost; it must not be shed.
-                "cpu_budget = 1.0\n"
+                # The benchmark measures the probes' cost: the governor must
+                # not shed the release-heavy worker (its estimate stays tiny).
+                "probe_hit_cost_ns = 1\n"
             )
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -194,26 +201,34 @@ def threads_trial(mode, agent, args, tags):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    hit_rate = None
     if mode == "hostwatch":
         agent.wait_probed(proc.pid)
         # The window of the worker's count: after its warm-up, for `seconds`.
         time.sleep(max(0.0, warmup - 0.3))
         t0, w0 = fresh_wait(agent, proc.pid, None)
+        h0 = agent.value("hostwatch_python_gil_probe_hits_total", proc.pid)
         time.sleep(seconds - 0.5)
         t1, w1 = fresh_wait(agent, proc.pid, w0)
+        h1 = agent.value("hostwatch_python_gil_probe_hits_total", proc.pid)
         share = (w1 - w0) / (4 * (t1 - t0))
-    throughput = float(finish(proc))
+        hit_rate = (h1 - h0) / (t1 - t0)
+    throughput, cpu = map(float, finish(proc).split())
+    samples = None
     if spy:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=30)
+        # Raw format: one line per distinct stack, its sample count last.
+        with open(out.name) as f:
+            samples = sum(int(line.rsplit(" ", 1)[1]) for line in f if line.strip())
         os.unlink(out.name)
     release(proc)
-    return throughput, share
+    return throughput, throughput * seconds / cpu, share, samples, hit_rate
 
 
-def sleep0_trial(mode, agent, args, tags):
+def release_trial(mode, agent, args, tags):
     tag = tags["probed"] if mode == "hostwatch" else tags["unprobed"]
-    proc = start_worker(SLEEP0_WORKER, [1.0, args.seconds], tag)
+    proc = start_worker(RELEASE_WORKER, [1.0, args.seconds], tag)
     if mode == "hostwatch":
         agent.wait_probed(proc.pid)
     calls, elapsed = map(float, finish(proc).split())
@@ -236,24 +251,37 @@ def main():
     agent = Agent(args.hostwatch, tags["probed"])
     modes = ["none", "hostwatch", "py-spy"]
     results = {mode: [] for mode in modes}
+    efficiency = {mode: [] for mode in modes}
     shares = []
+    spy_samples = []
+    hit_rates = []
     agent_cpu_start, wall_start = agent.cpu_seconds(), time.monotonic()
     try:
         for round_ in range(args.rounds):
             order = modes[round_ % 3 :] + modes[: round_ % 3]
             for mode in order:
-                throughput, share = threads_trial(mode, agent, args, tags)
+                throughput, per_cpu, share, samples, hit_rate = threads_trial(mode, agent, args, tags)
+                if hit_rate is not None:
+                    hit_rates.append(hit_rate)
                 results[mode].append(throughput)
+                efficiency[mode].append(per_cpu)
                 if share is not None:
                     shares.append(share)
-                print(f"round {round_ + 1} {mode:9} {throughput:12.0f} it/s" + (f"  wait share {share:.3f}" if share else ""), file=sys.stderr)
+                if samples is not None:
+                    spy_samples.append(samples)
+                print(
+                    f"round {round_ + 1} {mode:9} {throughput:12.0f} it/s {per_cpu:12.0f} it/CPU-s"
+                    + (f"  wait share {share:.3f}" if share else "")
+                    + (f"  py-spy samples {samples}" if samples is not None else ""),
+                    file=sys.stderr,
+                )
         agent_cpu = (agent.cpu_seconds() - agent_cpu_start) / (time.monotonic() - wall_start)
 
         per_call = {"none": [], "hostwatch": []}
         hits_per_call = []
         for round_ in range(args.rounds):
             for mode in (["none", "hostwatch"] if round_ % 2 == 0 else ["hostwatch", "none"]):
-                seconds, hits, calls = sleep0_trial(mode, agent, args, tags)
+                seconds, hits, calls = release_trial(mode, agent, args, tags)
                 per_call[mode].append(seconds)
                 if hits:
                     hits_per_call.append(hits / calls)
@@ -261,17 +289,23 @@ def main():
         agent.stop()
 
     base = statistics.median(results["none"])
+    base_cpu = statistics.median(efficiency["none"])
     print()
     print(f"Run: {time.strftime('%Y-%m-%d')} on {os.uname().nodename}, kernel {os.uname().release}, {os.cpu_count()} CPUs, "
           f"{args.rounds} rounds of {args.seconds:.0f} s, {PYTHON} (debuginfo mode)")
     print()
-    print("| 4 threads, pure Python | median it/s | min | max | cost vs none |")
-    print("|---|---|---|---|---|")
+    print("| 4 threads, pure Python | median it/s | min | max | throughput cost | median it per CPU-s | CPU cost |")
+    print("|---|---|---|---|---|---|---|")
     for mode in modes:
         values = results[mode]
         median = statistics.median(values)
-        print(f"| {mode} | {median:.0f} | {min(values):.0f} | {max(values):.0f} | {100 * (1 - median / base):+.2f} % |")
+        per_cpu = statistics.median(efficiency[mode])
+        print(
+            f"| {mode} | {median:.0f} | {min(values):.0f} | {max(values):.0f} | {100 * (1 - median / base):+.2f} % "
+            f"| {per_cpu:.0f} | {100 * (1 - per_cpu / base_cpu):+.2f} % |"
+        )
     print()
+    print(f"py-spy samples per {args.seconds + 1:.0f} s trial: median {statistics.median(spy_samples):.0f}")
     print(f"Per-thread GIL wait share with hostwatch (expected 0.75): median {statistics.median(shares):.3f}, "
           f"min {min(shares):.3f}, max {max(shares):.3f}")
     print(f"hostwatch's own CPU during the runs: {agent_cpu * 100:.2f} % of one CPU")
@@ -279,13 +313,17 @@ def main():
     probed_call = statistics.median(per_call["hostwatch"])
     hits = statistics.median(hits_per_call)
     print()
-    print("| time.sleep(0), one thread | median us per call |")
+    print("| os.read(/dev/zero, 1), one thread | median us per call |")
     print("|---|---|")
     print(f"| none | {base_call * 1e6:.3f} |")
     print(f"| hostwatch | {probed_call * 1e6:.3f} |")
     print()
-    print(f"Probe hits per call: {hits:.2f}; cost per hit: {(probed_call - base_call) / hits * 1e9:.0f} ns "
+    per_hit = (probed_call - base_call) / hits
+    print(f"Probe hits per call: {hits:.2f}; cost per hit: {per_hit * 1e9:.0f} ns "
           f"(the governor assumes probe_hit_cost_ns = 1500)")
+    rate = statistics.median(hit_rates)
+    print(f"4-thread benchmark: {rate:.0f} probe hits per second, at the measured cost per hit "
+          f"{rate * per_hit * 100:.3f} % of one CPU (the process uses about one)")
 
 
 main()

@@ -46,8 +46,8 @@ struct hw_net_owner {
 /* Buckets of the wait histogram: HW_GIL_BUCKETS - 1 finite upper bounds, which
  * the agent writes into the program's hw_gil_bounds_ns at load, and +Inf. */
 #define HW_GIL_BUCKETS 12
-/* Capacity of gil_stats: the most processes probed at once. The agent sizes the
- * map to its configured cap, which may not exceed this. */
+/* Capacity of gil_stats as compiled: the most processes probed at once. The
+ * agent resizes the map to its configured cap at load. */
 #define HW_GIL_MAX_TARGETS 1024
 /* Threads with a wait or hold in progress, over all targets (LRU: a thread that
  * died inside take_gil is evicted eventually rather than kept forever). */

@@ -37,8 +37,6 @@ pub struct NetOwner {
 
 /// Buckets of the GIL wait histogram, `+Inf` included (`HW_GIL_BUCKETS`).
 pub const GIL_BUCKETS: usize = 12;
-/// Capacity of `gil_stats`, the most processes probed at once (`HW_GIL_MAX_TARGETS`).
-pub const GIL_MAX_TARGETS: u32 = 1024;
 /// The programs' global holding the histogram's finite bounds in nanoseconds.
 pub const GIL_BOUNDS_GLOBAL: &str = "hw_gil_bounds_ns";
 

@@ -259,7 +259,8 @@ impl Python {
                 paths.procfs().display()
             )));
         }
-        let max_targets = config.max_targets.get();
+        // At most 1024 (the config's bound), so the conversions cannot fail.
+        let max_targets = usize::try_from(config.max_targets.get()).unwrap_or(usize::MAX);
         Ok(Self {
             paths: paths.clone(),
             selection: Selection {
@@ -268,7 +269,7 @@ impl Python {
                 cgroup: config.cgroup.clone(),
             },
             rescan_interval: config.rescan_interval.get(),
-            max_targets: usize::try_from(max_targets).unwrap_or(usize::MAX),
+            max_targets,
             debug_dir: config.debug_dir.clone(),
             governor: Governor::new(
                 Duration::from_nanos(config.probe_hit_cost_ns.get()),
@@ -278,10 +279,8 @@ impl Python {
             scanner: Scanner::new(paths.clone()),
             scan: Scan::default(),
             probes: Probes::load(u32::try_from(max_targets).unwrap_or(u32::MAX))?,
-            labels: ProcessLabels::new(
-                usize::try_from(max_targets).unwrap_or(usize::MAX),
-                usize::try_from(max_targets).unwrap_or(usize::MAX),
-            ),
+            // Every target fits under the pid cap: labels never fall back to names.
+            labels: ProcessLabels::new(max_targets, max_targets),
             targets: HashMap::new(),
             unprobed: HashMap::new(),
             resolved: HashMap::new(),
@@ -307,13 +306,7 @@ impl Python {
         for &pid in &scan.gone {
             self.forget(pid);
         }
-        for found in scan.found.drain(..) {
-            if self.scanner.selects(&self.selection, &found) {
-                self.consider(found);
-            }
-        }
-        self.scan = scan;
-        // Places freed by exits go to the processes waiting for one.
+        // Places freed go first to the processes that have waited for one.
         let waiting: Vec<u32> = self
             .unprobed
             .iter()
@@ -326,6 +319,12 @@ impl Python {
                 self.attach(found);
             }
         }
+        for found in scan.found.drain(..) {
+            if self.scanner.selects(&self.selection, &found) {
+                self.consider(found);
+            }
+        }
+        self.scan = scan;
         result
     }
 
