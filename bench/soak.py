@@ -77,6 +77,10 @@ def main():
         f.write(
             f'[collectors.ethtool]\ninclude = "eth0|{VETH}"\n'
             f'[collectors.netburst]\ninclude = "lo|{VETH}"\nrecordings = "{tmp}/recordings"\n'
+            # Python processes elsewhere on the host (other tests, this very
+            # script) would come and go with their probes and blur the leak
+            # check: the GIL collector scans, but targets nothing.
+            '[collectors.python]\ncmdline = "hostwatch-soak-no-target"\n'
         )
     port = free_port()
     agent = subprocess.Popen(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building hostwatch needs, and with --test what its test suite
 # and benchmarks start for real (Prometheus server and promtool, node_exporter,
-# iproute2, ethtool, iperf3, Python). Debian 12 / Ubuntu 22.04 or newer.
+# iproute2, ethtool, iperf3, Python with and without symbols, py-spy).
+# Debian 12 / Ubuntu 22.04 or newer.
 # Idempotent and quick when everything is present. Packaged services are not
 # started by the install (a policy-rc.d guard), so a developer's machine does
 # not gain a Prometheus on :9090.
@@ -10,7 +11,11 @@ set -euo pipefail
 packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
     packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
-        clang-19 llvm-19 libbpf-dev bpftool make python3-psutil util-linux)
+        clang-19 llvm-19 libbpf-dev bpftool make python3-psutil util-linux
+        # The GIL tests: python3.11-dbg brings python3.11d (a full symbol
+        # table) and the build-id debug file of the stripped python3.11, and
+        # pins python3.11 to its own version so the build-ids match.
+        python3.11 python3.11-dbg python3-pip)
 fi
 
 missing=()
@@ -39,4 +44,11 @@ fi
 # installs it for the current user when cargo is absent.
 if ! command -v cargo >/dev/null && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95
+fi
+
+# py-spy (PyPI) for bench/gil_overhead.py: a standalone binary in a wheel.
+if [[ "${1:-}" == "--test" ]] && ! command -v py-spy >/dev/null; then
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo /usr/bin/python3 -m pip install -q --break-system-packages --root-user-action=ignore py-spy==0.4.3
 fi

@@ -50,7 +50,19 @@ fn invalid_configs_name_file_line_column_and_reason() {
         ),
         (
             "[collectors.nosuch]\n",
-            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `stalls`, `hotspots`, `process`\n",
+            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `stalls`, `hotspots`, `python`, `process`\n",
+        ),
+        (
+            "[collectors.python]\nmax_targets = 2000\n",
+            "FILE:2:15: value 2000 out of range: must be between 1 and 1024\n",
+        ),
+        (
+            "[collectors.python]\ncpu_budget = 1.5\n",
+            "FILE:2:14: value 1.5 out of range: must be greater than 0 and at most 1\n",
+        ),
+        (
+            "[collectors.python]\ncmdline = \"train(\"\n",
+            "FILE:2:11: invalid regular expression \"train(\": regex parse error:\n    ^(?:train()$\n     ^\nerror: unclosed group\n",
         ),
         ("[agent\n", "FILE:1:7: unclosed table, expected `]`\n"),
     ];
@@ -189,7 +201,7 @@ fn doctor_names_what_cannot_run_and_exits_1() {
     let dir = TempDir::new("doctor");
     let config = dir.write(
         "hostwatch.toml",
-        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.stalls]\nenabled = false\n[collectors.hotspots]\nenabled = false\n",
+        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.stalls]\nenabled = false\n[collectors.hotspots]\nenabled = false\n[collectors.python]\nenabled = false\n",
     );
     let output = Command::new(bin())
         .args(["doctor", "--config"])

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hostwatch_collectors::CollectorsConfig;
-use hostwatch_collectors::config::Interval;
+use hostwatch_collectors::config::{Bounded, Interval};
 use hostwatch_shaping::tunnel::config::CompressionConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Where the packaged config lives; used when it exists and `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/hostwatch/hostwatch.toml";
@@ -73,31 +73,9 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            max_connections: Bounded(512),
+            max_connections: Bounded::clamped(512),
             header_timeout: Interval::from_secs(5),
-            max_header_bytes: Bounded(16384),
-        }
-    }
-}
-
-/// An integer that must lie in `MIN..=MAX`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
-
-impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = i64::deserialize(deserializer)?;
-        match u64::try_from(value) {
-            Ok(value) if (MIN..=MAX).contains(&value) => Ok(Self(value)),
-            _ => Err(serde::de::Error::custom(format!(
-                "value {value} out of range: must be between {MIN} and {MAX}"
-            ))),
+            max_header_bytes: Bounded::clamped(16384),
         }
     }
 }

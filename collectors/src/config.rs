@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, headroom, hotspots, instance, memory, netburst, netdev, pressure, process, stalls};
+use crate::{
+    cgroups, cpu, ethtool, headroom, hotspots, instance, memory, netburst, netdev, pressure, process, python, stalls,
+};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -27,6 +29,7 @@ pub struct CollectorsConfig {
     pub netburst: netburst::Config,
     pub stalls: stalls::Config,
     pub hotspots: hotspots::Config,
+    pub python: python::Config,
     pub process: process::Config,
 }
 
@@ -178,6 +181,76 @@ impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An integer that must lie in `MIN..=MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    /// `value` brought into range: for defaults, which are in range anyway.
+    pub const fn clamped(value: u64) -> Self {
+        Self(if value < MIN {
+            MIN
+        } else if value > MAX {
+            MAX
+        } else {
+            value
+        })
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(deserializer)?;
+        match u64::try_from(value) {
+            Ok(value) if (MIN..=MAX).contains(&value) => Ok(Self(value)),
+            _ => Err(serde::de::Error::custom(format!(
+                "value {value} out of range: must be between {MIN} and {MAX}"
+            ))),
+        }
+    }
+}
+
+/// A fraction greater than 0 and at most 1 (`0.01` is 1 %).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fraction(f64);
+
+impl Fraction {
+    /// `value` brought into range: for defaults, which are in range anyway.
+    pub const fn clamped(value: f64) -> Self {
+        Self(if value > 1.0 {
+            1.0
+        } else if value > 0.0 {
+            value
+        } else {
+            f64::MIN_POSITIVE
+        })
+    }
+
+    pub fn new(value: f64) -> Result<Self, String> {
+        if value > 0.0 && value <= 1.0 {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "value {value} out of range: must be greater than 0 and at most 1"
+            ))
+        }
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -29,6 +29,7 @@ pub mod netburst;
 pub mod netdev;
 pub mod pressure;
 pub mod process;
+pub mod python;
 pub mod stalls;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &netburst::SPEC,
     &stalls::SPEC,
     &hotspots::SPEC,
+    &python::SPEC,
     &process::SPEC,
 ];
 

@@ -77,6 +77,35 @@ struct hw_smaps_event {
 	__u32 tid;
 	char comm[16]; /* the reader thread's comm */
 	char path[HW_SMAPS_PATH];
+/* ---- gil: Python GIL wait and hold per process, from uprobes ---- */
+
+/* Buckets of the wait histogram: HW_GIL_BUCKETS - 1 finite upper bounds, which
+ * the agent writes into the program's hw_gil_bounds_ns at load, and +Inf. */
+#define HW_GIL_BUCKETS 12
+/* Capacity of gil_stats as compiled: the most processes probed at once. The
+ * agent resizes the map to its configured cap at load. */
+#define HW_GIL_MAX_TARGETS 1024
+/* Threads with a wait or hold in progress, over all targets (LRU: a thread that
+ * died inside take_gil is evicted eventually rather than kept forever). */
+#define HW_GIL_MAX_THREADS 16384
+
+/* Value of gil_stats (per CPU), key the target's tgid. The agent creates the
+ * entry when it attaches and deletes it when it detaches; the programs only
+ * update existing entries, so an unknown process costs a lookup and nothing
+ * else. Counters only grow; userspace sums the CPUs. */
+struct hw_gil_stats {
+	__u64 wait_ns;   /* time in take_gil, and in drop_gil handing over on request */
+	__u64 hold_ns;   /* time from take_gil's return to drop_gil's entry */
+	__u64 hits;      /* probe invocations: the cost governor's input */
+	__s64 waiting;   /* waits begun minus waits completed (sum over CPUs) */
+	__u64 wait_buckets[HW_GIL_BUCKETS]; /* completed waits of either kind; not cumulative */
+};
+
+/* Value of gil_threads, key the thread's pid_tgid: when its current wait or
+ * hold began (0: none in progress). Only the thread itself touches it. */
+struct hw_gil_thread {
+	__u64 wait_start;
+	__u64 hold_start;
 };
 
 #endif

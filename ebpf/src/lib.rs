@@ -30,8 +30,14 @@ pub static STALLS: Object = Object {
     bytes: aya::include_bytes_aligned!("../objects/stalls.bpf.o"),
 };
 
+/// Python GIL wait and hold per process, from uprobes the agent attaches per target.
+pub static GIL: Object = Object {
+    name: "gil",
+    bytes: aya::include_bytes_aligned!("../objects/gil.bpf.o"),
+};
+
 /// Every embedded object.
-pub static ALL: &[&Object] = &[&NETBURST, &STALLS];
+pub static ALL: &[&Object] = &[&NETBURST, &STALLS, &GIL];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,7 +113,15 @@ impl Error {
 
 /// Loads `object` (its maps created, no program loaded or attached yet).
 pub fn load(object: &Object) -> Result<Ebpf, Error> {
-    EbpfLoader::new().load(object.bytes).map_err(|source| Error::Load {
+    load_with(object, |_| {})
+}
+
+/// Like [`load`], after `configure` has set what only the loader can: the
+/// `const volatile` globals (`override_global`) and map sizes (`set_max_entries`).
+pub fn load_with<'a>(object: &Object, configure: impl FnOnce(&mut EbpfLoader<'a>)) -> Result<Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    configure(&mut loader);
+    loader.load(object.bytes).map_err(|source| Error::Load {
         object: object.name,
         source,
     })
@@ -169,6 +183,28 @@ mod tests {
                 "smaps_scratch"
             ]
         );
+
+        let object = aya_obj::Object::parse(GIL.bytes).expect("gil parses");
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(
+            programs,
+            [
+                "hw_gil_drop_enter",
+                "hw_gil_drop_return",
+                "hw_gil_release",
+                "hw_gil_take_enter",
+                "hw_gil_take_return"
+            ]
+        );
+        let mut maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        maps.sort_unstable();
+        assert_eq!(maps, ["gil_stats", "gil_threads"]);
     }
 }
 

@@ -102,6 +102,30 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
     bytes.split(|b| *b == 0).next().unwrap_or(bytes)
 }
 
+/// Buckets of the GIL wait histogram, `+Inf` included (`HW_GIL_BUCKETS`).
+pub const GIL_BUCKETS: usize = 12;
+/// The programs' global holding the histogram's finite bounds in nanoseconds.
+pub const GIL_BOUNDS_GLOBAL: &str = "hw_gil_bounds_ns";
+
+/// `struct hw_gil_stats`: value of `gil_stats`, one per CPU, keyed by tgid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilStats {
+    pub wait_ns: u64,
+    pub hold_ns: u64,
+    pub hits: u64,
+    pub waiting: i64,
+    pub wait_buckets: [u64; GIL_BUCKETS],
+}
+
+/// `struct hw_gil_thread`: value of `gil_threads`, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GilThread {
+    pub wait_start: u64,
+    pub hold_start: u64,
+}
+
 // SAFETY: each is #[repr(C)], made only of integers (any bit pattern is
 // valid) and has no padding, matching the C layout the kernel reads and writes.
 unsafe impl aya::Pod for NetIface {}
@@ -115,6 +139,10 @@ unsafe impl aya::Pod for MmapLockKey {}
 unsafe impl aya::Pod for MmapLockWait {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SmapsEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GilStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GilThread {}
 
 #[cfg(test)]
 mod tests {
@@ -150,5 +178,7 @@ mod tests {
         assert_eq!(btf_size("stalls.bpf.o", "hw_mmap_lock_key"), size_of::<MmapLockKey>());
         assert_eq!(btf_size("stalls.bpf.o", "hw_mmap_lock_wait"), size_of::<MmapLockWait>());
         assert_eq!(btf_size("stalls.bpf.o", "hw_smaps_event"), size_of::<SmapsEvent>());
+        assert_eq!(btf_size("gil.bpf.o", "hw_gil_stats"), size_of::<GilStats>());
+        assert_eq!(btf_size("gil.bpf.o", "hw_gil_thread"), size_of::<GilThread>());
     }
 }
