@@ -432,7 +432,6 @@ fn links(pid: u32) -> usize {
         .count()
 }
 
-
 /// The README's metric table names every python family (the fixture-based
 /// `readme_lists_every_metric` cannot see them: no processes there).
 fn readme_lists(exposition: &str) {

@@ -77,6 +77,8 @@ struct hw_smaps_event {
 	__u32 tid;
 	char comm[16]; /* the reader thread's comm */
 	char path[HW_SMAPS_PATH];
+};
+
 /* ---- gil: Python GIL wait and hold per process, from uprobes ---- */
 
 /* Buckets of the wait histogram: HW_GIL_BUCKETS - 1 finite upper bounds, which
