@@ -50,7 +50,7 @@ fn invalid_configs_name_file_line_column_and_reason() {
         ),
         (
             "[collectors.nosuch]\n",
-            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `process`\n",
+            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `gpu`, `process`\n",
         ),
         ("[agent\n", "FILE:1:7: unclosed table, expected `]`\n"),
     ];

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{cgroups, cpu, ethtool, headroom, instance, memory, netburst, netdev, pressure, process};
+use crate::{cgroups, cpu, ethtool, gpu, headroom, instance, memory, netburst, netdev, pressure, process};
 
 /// All collector sections, one field per collector in [`crate::ALL`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -25,6 +25,7 @@ pub struct CollectorsConfig {
     pub instance: instance::Config,
     pub headroom: headroom::Config,
     pub netburst: netburst::Config,
+    pub gpu: gpu::Config,
     pub process: process::Config,
 }
 

@@ -20,6 +20,7 @@ pub mod sample;
 pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
+pub mod gpu;
 pub mod headroom;
 pub mod instance;
 pub mod instance_types;
@@ -50,6 +51,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &instance::SPEC,
     &headroom::SPEC,
     &netburst::SPEC,
+    &gpu::SPEC,
     &process::SPEC,
 ];
 
