@@ -107,8 +107,7 @@ impl Backend for NvmlBackend {
     }
 }
 
-/// What a reader keeps about an opened GPU; dropped when the GPU is lost, so
-/// the next read opens it again.
+/// What a reader keeps about an opened GPU, for the collector's life.
 struct Open<'nvml> {
     device: Device<'nvml>,
     uuid: String,
@@ -374,10 +373,14 @@ impl Reader for NvmlReader<'_> {
             self.open = Some(self.open_device()?);
         }
         let result = self.read_open(reading);
-        if matches!(result, Err(ReadError::Lost { .. })) {
-            // Its handle, event set and samples are of no use now; if the GPU
-            // comes back (a reset), the next read opens it afresh.
-            self.open = None;
+        if matches!(result, Err(ReadError::Lost { .. }))
+            && let Some(open) = &mut self.open
+        {
+            // The handle and the event set stay: NVML keeps the handle of a
+            // lost GPU, further calls fail fast with GPU_IS_LOST, and XIDs
+            // that arrive after the loss are still drained. A GPM sample from
+            // before the loss must not be compared with one after a reset.
+            open.gpm_previous = None;
         }
         result
     }

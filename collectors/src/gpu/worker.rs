@@ -12,6 +12,11 @@
 //! request, so a hung call costs one parked thread, not one per interval. The
 //! late answer, when it comes, is dropped but for its XID events, which are
 //! counted.
+//!
+//! NVML's start-up (loading the library, `nvmlInit`, counting GPUs) is not
+//! per GPU: it runs when the collector is built, which the scheduler does on a
+//! blocking thread under the collector's timeout, and a start-up that hangs
+//! leaves the collector timed out and isolated like any other.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
