@@ -9,7 +9,7 @@ set -euo pipefail
 
 packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
-    packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace
+    packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
         clang-19 llvm-19 libbpf-dev bpftool make)
 fi
 

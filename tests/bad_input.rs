@@ -30,7 +30,7 @@ fn invalid_configs_name_file_line_column_and_reason() {
     let cases = [
         (
             "[agent]\nlisten = \"0.0.0.0:9977\"\nverbose = true\n",
-            "FILE:3:1: unknown field `verbose`, expected `listen` or `log_format`\n",
+            "FILE:3:1: unknown field `verbose`, expected one of `listen`, `log_format`, `web_config_file`\n",
         ),
         (
             "[collectors.cpu]\nenabled = 1\n",
@@ -165,5 +165,45 @@ fn port_in_use_is_a_one_line_error_naming_the_address() {
     assert_eq!(
         stderr,
         format!("hostwatch: cannot listen on {addr}: Address already in use (os error 98)\n")
+    );
+}
+
+#[test]
+fn doctor_names_what_cannot_run_and_exits_1() {
+    let root = support::fixture("basic");
+    let output = Command::new(bin())
+        .args(["doctor", "--path.procfs"])
+        .arg(root.join("proc"))
+        .args(["--path.sysfs"])
+        .arg(root.join("sys"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(report.contains("  ok    cpu\n"), "{report}");
+    assert!(report.contains("  FAIL  ethtool: no network interfaces:"), "{report}");
+    assert!(report.contains("  FAIL  instance: not an EC2 instance"), "{report}");
+    assert!(report.contains("remedy: nothing to do off EC2"), "{report}");
+
+    // With what cannot run here disabled, the doctor is satisfied.
+    let dir = TempDir::new("doctor");
+    let config = dir.write(
+        "hostwatch.toml",
+        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.gpu]\nenabled = false\n",
+    );
+    let output = Command::new(bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .args(["--path.procfs"])
+        .arg(root.join("proc"))
+        .args(["--path.sysfs"])
+        .arg(root.join("sys"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
     );
 }

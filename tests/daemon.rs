@@ -307,3 +307,56 @@ fn never_opens_smaps() {
     let smaps: Vec<&str> = opened.lines().filter(|line| line.contains("smaps")).collect();
     assert!(smaps.is_empty(), "smaps opened: {smaps:?}");
 }
+
+/// A burst of SIGHUPs with alternating valid and invalid configs: the agent
+/// stays up and serving, never runs an invalid config, and ends on the last
+/// valid one.
+#[test]
+fn a_burst_of_sighups_with_alternating_configs() {
+    let dir = TempDir::new("hup-burst");
+    let config = dir.write("hostwatch.toml", "");
+    let root = fixture("basic");
+    let agent = Agent::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--path.procfs",
+            root.join("proc").to_str().unwrap(),
+        ],
+        &[],
+    );
+    agent.wait_ready();
+    for round in 0..20 {
+        let text = if round % 2 == 0 {
+            "[collectors.memory]\nenabled = false\n"
+        } else {
+            "[collectors.memory]\nenabled = nope\n"
+        };
+        std::fs::write(&config, text).unwrap();
+        agent.signal("HUP");
+        std::thread::sleep(Duration::from_millis(15));
+        assert_eq!(agent.get("/healthz").status, 200, "round {round}");
+    }
+    std::fs::write(
+        &config,
+        "[collectors.memory]\nenabled = false\n[collectors.cpu]\nenabled = false\n",
+    )
+    .unwrap();
+    agent.signal("HUP");
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            let text = agent.metrics();
+            !text.contains("hostwatch_cpu_seconds_total") && !text.contains("hostwatch_memory_total_bytes")
+        },
+        "the last valid config applied",
+    );
+    let text = agent.metrics();
+    let applied = value(&text, "hostwatch_config_reloads_total").unwrap();
+    let refused = value(&text, "hostwatch_config_reload_failures_total").unwrap();
+    assert!(applied >= 1.0 && refused >= 1.0, "applied {applied}, refused {refused}");
+    assert!(
+        text.contains("hostwatch_collector_up{collector=\"netdev\"} 1"),
+        "the rest kept running:\n{text}"
+    );
+}

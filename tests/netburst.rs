@@ -225,6 +225,17 @@ fn bursts_are_exact(ingress: bool) {
         net.host
     );
     assert!(value(&agent.metrics(), &peak).unwrap() > 200e6);
+
+    // The live view against the running agent shows the series and the bursts.
+    let view = Command::new(support::bin())
+        .args(["bursts", "--agent", &agent.addr.to_string(), "--once", "--no-color"])
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
+    let view = String::from_utf8(view.stdout).unwrap();
+    assert!(view.contains(&format!("{} {direction}", net.host)), "{view}");
+    assert!(view.contains("recent bursts (20):"), "{view}");
+    assert!(view.contains("threshold 200.0 Mbit/s"), "{view}");
 }
 
 #[test]
@@ -428,4 +439,47 @@ fn not_root_puts_the_collector_down_only() {
         .unwrap();
     assert!(reason.contains("not permitted"), "{reason}");
     assert_eq!(value(&text, "hostwatch_collector_up{collector=\"cpu\"}"), Some(1.0));
+}
+
+/// The flight recorder on a read-only file system (procfs): it counts the
+/// failure, logs it, pauses; bursts are still counted and the agent serves.
+#[test]
+fn a_read_only_recordings_directory_only_stops_recording() {
+    require_root!();
+    let dir = TempDir::new("readonly");
+    let net = TestNet::new("o");
+    let config = dir.write(
+        "hostwatch.toml",
+        &format!(
+            "[collectors.netburst]\ninclude = \"{}\"\nthreshold = \"200Mbit\"\nrecordings = \"/proc/hostwatch-recordings\"\n",
+            net.host
+        ),
+    );
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
+    agent.wait_ready();
+    let threshold = format!(
+        "hostwatch_net_burst_threshold_bits_per_second{{interface=\"{}\",direction=\"transmit\"}}",
+        net.host
+    );
+    wait_for(
+        Duration::from_secs(5),
+        || value(&agent.metrics(), &threshold).is_some(),
+        "the veth watched",
+    );
+    send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
+    wait_for(
+        Duration::from_secs(10),
+        || value(&agent.metrics(), "hostwatch_net_recording_failures_total").is_some_and(|n| n >= 1.0),
+        "the failed write counted",
+    );
+    assert_eq!(net.bursts(&agent, "transmit"), 1.0);
+    assert_eq!(
+        value(&agent.metrics(), "hostwatch_collector_up{collector=\"netburst\"}"),
+        Some(1.0)
+    );
+    assert!(
+        agent.logs().contains("flight recorder cannot write"),
+        "{}",
+        agent.logs()
+    );
 }

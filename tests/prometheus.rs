@@ -19,13 +19,19 @@ struct Prometheus {
 
 impl Prometheus {
     fn scraping(target: std::net::SocketAddr) -> Self {
+        Self::with_job(target, "")
+    }
+
+    /// Prometheus scraping `target` every second; `extra` is YAML added to
+    /// the job (indented four spaces), e.g. its TLS and basic auth settings.
+    fn with_job(target: std::net::SocketAddr, extra: &str) -> Self {
         let binary = require_program("prometheus");
         let dir = TempDir::new("prometheus");
         let config = dir.write(
             "prometheus.yml",
             &format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: hostwatch\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: hostwatch\n    static_configs:\n      - targets: ['{target}']\n{extra}"
             ),
         );
         let port = free_port();
@@ -108,4 +114,101 @@ fn prometheus_scrapes_the_fixture_values() {
     // Prometheus saw no scrape errors: every sample parsed.
     let samples = prometheus.query("scrape_samples_scraped{job=\"hostwatch\"}");
     assert!(samples.first().is_some_and(|(_, n)| *n > 50.0), "{samples:?}");
+}
+
+/// curl against the agent: (HTTP status, or 0 when the request failed).
+fn curl(args: &[&str]) -> u16 {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+}
+
+/// TLS and basic authentication from an exporter-toolkit web config: a real
+/// Prometheus with a standard scrape config (https, ca_file, basic_auth)
+/// scrapes the agent; a wrong password gets 401; plain HTTP to the TLS port
+/// fails cleanly and the agent carries on.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() {
+    let dir = TempDir::new("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=hostwatch-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl made a self-signed certificate");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = dir.write(
+        "web.yml",
+        &format!("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  prometheus: '{hash}'\n"),
+    );
+    let root = support::fixture("basic");
+    let agent = Agent::start(
+        &[
+            "--web.config.file",
+            web.to_str().unwrap(),
+            "--path.procfs",
+            root.join("proc").to_str().unwrap(),
+            "--path.sysfs",
+            root.join("sys").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let url = format!("https://{}/metrics", agent.addr);
+    let ca = cert.to_str().unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        || curl(&["--cacert", ca, "-u", "prometheus:s3cret", &url]) == 200,
+        "TLS scrape",
+    );
+    assert_eq!(curl(&["--cacert", ca, "-u", "prometheus:wrong", &url]), 401);
+    assert_eq!(curl(&["--cacert", ca, &url]), 401, "no credentials");
+    assert_eq!(
+        curl(&[&format!("http://{}/metrics", agent.addr)]),
+        0,
+        "plain HTTP to the TLS port gets no HTTP answer"
+    );
+    assert_eq!(
+        curl(&["--cacert", ca, "-u", "prometheus:s3cret", &url]),
+        200,
+        "still serving"
+    );
+
+    let prometheus = Prometheus::with_job(
+        agent.addr,
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: s3cret\n"
+        ),
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || !prometheus.query("up{job=\"hostwatch\"} == 1").is_empty(),
+        "Prometheus scraping over TLS",
+    );
+    let cpu = prometheus.query("hostwatch_cpu_seconds_total{cpu=\"1\",mode=\"system\"}");
+    assert_eq!(cpu.first().map(|(_, v)| *v), Some(17.55));
 }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use hostwatch_collectors::HostPaths;
 
 use crate::config::{self, LogFormat};
+use crate::web_config::Security;
 
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HOSTWATCH_REVISION"), ")");
 
@@ -33,6 +34,8 @@ pub enum Command {
     Collectors(RunArgs),
     /// Live view of a running agent's microburst detector.
     Bursts(BurstsArgs),
+    /// What this host lets the agent do, with a remedy for each problem; exit 1 if an enabled collector cannot run.
+    Doctor(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +77,10 @@ pub struct RunArgs {
     /// Log format [default: the config's agent.log_format, plain]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// TLS and basic auth, in the exporter-toolkit web config format
+    /// [default: the config's agent.web_config_file, none]
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -88,8 +95,15 @@ impl RunArgs {
 
 pub fn validate(args: &ConfigArg) -> ExitCode {
     let path = config::resolve_path(args.config.as_deref());
-    match config::load(path.as_deref()) {
-        Ok(_) => {
+    let checked = config::load(path.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            config.agent.web_config_file.map_or(Ok(()), |web| {
+                Security::load(web.as_path()).map(drop).map_err(|e| e.to_string())
+            })
+        });
+    match checked {
+        Ok(()) => {
             println!("{}: ok", describe(path.as_deref()));
             ExitCode::SUCCESS
         }
@@ -105,6 +119,20 @@ pub fn collectors(args: &RunArgs) -> anyhow::Result<()> {
     let config = config::load(path.as_deref())?;
     print!("{}", crate::listing::table(&config.collectors, &args.paths()));
     Ok(())
+}
+
+pub fn doctor(args: &RunArgs) -> ExitCode {
+    let path = args.config_path();
+    let config = match config::load(path.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (report, ok) = crate::doctor::report(&config.collectors, &args.paths());
+    print!("config {}\n{report}", describe(path.as_deref()));
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 pub fn describe(path: Option<&Path>) -> String {

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// Address of the scrape endpoint.
     pub listen: SocketAddr,
     pub log_format: LogFormat,
+    /// TLS and basic authentication for the endpoint: a web config file in
+    /// the format of Prometheus' exporter-toolkit (relative to this file).
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -39,6 +42,7 @@ impl Default for AgentConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9977)),
             log_format: LogFormat::Plain,
+            web_config_file: None,
         }
     }
 }
@@ -191,7 +195,7 @@ mod tests {
     fn errors_point_at_line_and_column() {
         assert_eq!(
             error_of("[agent]\nlisten = \"127.0.0.1:9977\"\nlisen = 1\n"),
-            "t.toml:3:1: unknown field `lisen`, expected `listen` or `log_format`"
+            "t.toml:3:1: unknown field `lisen`, expected one of `listen`, `log_format`, `web_config_file`"
         );
         assert_eq!(
             error_of("[agent]\nlisten = \"nowhere\"\n"),

@@ -19,6 +19,7 @@ use crate::agent_metrics::{self, AgentMetrics};
 use crate::cli::{self, RunArgs};
 use crate::config::{self, Config};
 use crate::scheduler::{Scheduler, Shared};
+use crate::web_config::Security;
 use crate::{logging, server, systemd};
 
 /// The runtime waits this long for blocking collections at exit; a collection
@@ -31,6 +32,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.agent.listen = listen;
     }
+    if args.web_config_file.is_some() {
+        config.agent.web_config_file.clone_from(&args.web_config_file);
+    }
+    let security = match &config.agent.web_config_file {
+        Some(path) => Security::load(path)?,
+        None => Security::open(),
+    };
     logging::init(args.log_format.unwrap_or(config.agent.log_format));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Scrapes and collection are light; a fleet agent must not spawn a
@@ -45,6 +53,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         paths: args.paths(),
         config,
         listen_override: args.listen,
+        security: Arc::new(security),
     };
     let result = runtime.block_on(daemon.run());
     runtime.shutdown_timeout(BLOCKING_GRACE);
@@ -56,6 +65,7 @@ struct Daemon {
     paths: HostPaths,
     config: Config,
     listen_override: Option<std::net::SocketAddr>,
+    security: Arc<Security>,
 }
 
 impl Daemon {
@@ -89,9 +99,9 @@ impl Daemon {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let http = self.config.http.clone();
         let server = tokio::spawn({
-            let shared = Arc::clone(&shared);
+            let (shared, security) = (Arc::clone(&shared), Arc::clone(&self.security));
             async move {
-                server::serve(listener, &http, shared, async {
+                server::serve(listener, &http, security, shared, async {
                     let _ = stopped.await;
                 })
                 .await;

@@ -8,12 +8,14 @@ mod bursts_view;
 mod cli;
 mod config;
 mod daemon;
+mod doctor;
 mod listing;
 mod logging;
 mod scheduler;
 mod server;
 mod store;
 mod systemd;
+mod web_config;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => daemon::run(args),
         Command::Validate(args) => return cli::validate(&args),
+        Command::Doctor(args) => return cli::doctor(&args),
         Command::Collectors(args) => cli::collectors(&args),
         Command::Bursts(args) => bursts_view::run(args.agent, args.width, args.once, !args.no_color),
     };

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and `/debug/<name>`
+//! The HTTP endpoint, over TLS and behind basic authentication when the web
+//! config file asks for them: `/metrics`, `/healthz`, `/readyz`, and `/debug/<name>`
 //! for the JSON documents collectors publish (`bursts`, `netslots`, `recordings`).
 //!
 //! Reads only the [`Store`]; needs a listening socket. Bounded against slow and
@@ -25,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::config::HttpConfig;
 use crate::scheduler::Shared;
+use crate::web_config::{Access, Security};
 
 /// How long in-flight requests may take to finish once the agent stops.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -33,7 +35,13 @@ const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 20\r\nconnection: close\r\n\r\ntoo many connections";
 
 /// Serves until `shutdown` completes, then drains in-flight requests for at most [`DRAIN`].
-pub async fn serve(listener: TcpListener, http: &HttpConfig, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    http: &HttpConfig,
+    security: Arc<Security>,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(
         usize::try_from(http.max_connections.get()).unwrap_or(usize::MAX),
     ));
@@ -61,18 +69,43 @@ pub async fn serve(listener: TcpListener, http: &HttpConfig, shared: Arc<Shared>
             tokio::spawn(refuse(stream));
             continue;
         };
-        let shared = Arc::clone(&shared);
+        let tls = security.tls().cloned();
+        let (shared, security) = (Arc::clone(&shared), Arc::clone(&security));
         let service = hyper::service::service_fn(move |request| {
-            let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(route(&request, &shared)) }
+            let (shared, security) = (Arc::clone(&shared), Arc::clone(&security));
+            async move { Ok::<_, Infallible>(route(&request, &shared, &security)) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%peer, %error, "connection ended with an error");
+        match tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        debug!(%peer, %error, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let handshake_timeout = http.header_timeout.get();
+                tokio::spawn(async move {
+                    // A client speaking plain HTTP to the TLS port, or one
+                    // that never finishes the handshake, is dropped here.
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                    };
+                    if let Err(error) = watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                    {
+                        debug!(%peer, %error, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         debug!("connections still open after the drain period; closing them");
@@ -92,7 +125,19 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-fn route(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(request: &Request<Incoming>, shared: &Shared, security: &Security) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if security.check(authorization) == Access::Denied {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"hostwatch\""),
+        );
+        return response;
+    }
     let path = request.uri().path();
     let debug = path.strip_prefix("/debug/").and_then(|name| shared.facts.debug(name));
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") && debug.is_none() {

@@ -26,8 +26,10 @@ pub enum Hook {
 /// as the returned [`Ebpf`]: dropping it detaches everything.
 pub fn load_and_attach(object: &'static Object, programs: &[(&'static str, Hook)]) -> Result<Ebpf, Unavailable> {
     let mut ebpf = hostwatch_ebpf::load(object).map_err(unavailable)?;
-    let btf = aya::Btf::from_sys_fs()
-        .map_err(|error| Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}")))?;
+    let btf = aya::Btf::from_sys_fs().map_err(|error| {
+        Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"))
+            .with_remedy("run a kernel built with CONFIG_DEBUG_INFO_BTF=y (current distribution kernels are)")
+    })?;
     for (name, hook) in programs {
         let program = ebpf
             .program_mut(name)
@@ -66,10 +68,14 @@ pub fn unavailable(error: Error) -> Unavailable {
     }
     if error.is_permission() {
         Unavailable::new(format!(
-            "eBPF not permitted (needs root, or CAP_BPF and CAP_PERFMON): {error}"
+            "eBPF not permitted (needs root, or CAP_BPF and CAP_PERFMON): {}",
+            error.chain()
         ))
+        .with_remedy(
+            "run the agent as root, or grant CAP_BPF and CAP_PERFMON (the packaged unit's AmbientCapabilities do)",
+        )
     } else {
-        Unavailable::new(error.to_string())
+        Unavailable::new(error.chain())
     }
 }
 

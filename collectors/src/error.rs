@@ -34,10 +34,20 @@ impl CollectError {
 #[error("{reason}")]
 pub struct Unavailable {
     pub reason: String,
+    /// What an operator can do about it, for `hostwatch doctor`.
+    pub remedy: Option<&'static str>,
 }
 
 impl Unavailable {
     pub fn new(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into() }
+        Self {
+            reason: reason.into(),
+            remedy: None,
+        }
+    }
+
+    pub fn with_remedy(mut self, remedy: &'static str) -> Self {
+        self.remedy = Some(remedy);
+        self
     }
 }

@@ -335,7 +335,9 @@ impl Ec2Instance {
         let endpoint = match &config.endpoint {
             Some(endpoint) => endpoint.clone(),
             None => {
-                ec2_host(&context.paths).map_err(Unavailable::new)?;
+                ec2_host(&context.paths).map_err(|reason| {
+                    Unavailable::new(reason).with_remedy("nothing to do off EC2; set [collectors.instance] endpoint to ask an IMDS anyway, or disable the collector")
+                })?;
                 Endpoint::imds()
             }
         };

@@ -24,11 +24,27 @@
 //!   i3en, g4dn and p3.2xlarge; their baselines come from the "Baseline / Burst
 //!   bandwidth" column of AWS's current so.html and ac.html pages as extracted
 //!   into github.com/aws/karpenter-provider-aws
-//!   `pkg/providers/instancetype/zz_generated.bandwidth.go` (commit 01a436f0bbbc),
-//!   which agrees with the pages above wherever both give a figure.
+//!   `pkg/providers/instancetype/zz_generated.bandwidth.go` (commit 01a436f0bbbc).
+//! - Compute, memory, storage optimized and accelerated computing, "Network
+//!   specifications", column "Baseline / Burst bandwidth (Gbps)" (c6i.metal,
+//!   c6in, c7i; r7i; i4i, im4gn; g5, g6, p5):
+//!   <https://docs.aws.amazon.com/ec2/latest/instancetypes/co.html>, `mo.html`,
+//!   `so.html` and `ac.html`. A size marked there as bursting on network I/O
+//!   credits reads "baseline / burst" (e.g. "c6in.xlarge 6.25 / 30.0",
+//!   "i4i.2xlarge 4.687 / 12.0", "g5.4xlarge 10.0 / 25.0"); every other size
+//!   reads "N Gigabit" and sustains it. Read from Markdown and HTML conversions
+//!   of those four pages held in the search tool's index of public GitHub
+//!   files; the tool gave no repository, path or commit for them, only its
+//!   file ids (co 58092467064, mo 60877627266, so 58117134324, ac 57948155246).
+//!   Cross-checks: every baseline of these families equals karpenter's
+//!   `zz_generated.bandwidth.go` above (commit 01a436f0bbbc), which parses the
+//!   same column of the live pages (e.g. `"i4i.12xlarge": 28120` for "28.12
+//!   Gigabit"); and the i4i (large to 16xlarge, 32xlarge, metal) and im4gn rows,
+//!   bursts included, match a later version of awsdocs'
+//!   `storage-optimized-instances.md` whose commit the tool did not give.
 //!
-//! Left out because a figure or the "up to" status could not be found: i4i,
-//! im4gn, c6in, c7i, r7i, g5, g6, p5 and c6i.metal.
+//! c5.9xlarge: the older User Guide says "10 Gbps"; the current co.html and
+//! karpenter give 12 Gigabit. The current page wins.
 //!
 //! Lookup is a binary search over a sorted static slice: no allocation.
 
@@ -70,7 +86,7 @@ static TABLE: &[(&str, Allowance)] = &[
     ("c5.24xlarge", fixed(25.0)),
     ("c5.2xlarge", up_to(2.5, 10.0)),
     ("c5.4xlarge", up_to(5.0, 10.0)),
-    ("c5.9xlarge", fixed(10.0)),
+    ("c5.9xlarge", fixed(12.0)),
     ("c5.large", up_to(0.75, 10.0)),
     ("c5.metal", fixed(25.0)),
     ("c5.xlarge", up_to(1.25, 10.0)),
@@ -82,7 +98,29 @@ static TABLE: &[(&str, Allowance)] = &[
     ("c6i.4xlarge", up_to(6.25, 12.5)),
     ("c6i.8xlarge", fixed(12.5)),
     ("c6i.large", up_to(0.781, 12.5)),
+    ("c6i.metal", fixed(50.0)),
     ("c6i.xlarge", up_to(1.562, 12.5)),
+    ("c6in.12xlarge", fixed(75.0)),
+    ("c6in.16xlarge", fixed(100.0)),
+    ("c6in.24xlarge", fixed(150.0)),
+    ("c6in.2xlarge", up_to(12.5, 40.0)),
+    ("c6in.32xlarge", fixed(200.0)),
+    ("c6in.4xlarge", up_to(25.0, 50.0)),
+    ("c6in.8xlarge", fixed(50.0)),
+    ("c6in.large", up_to(3.125, 25.0)),
+    ("c6in.metal", fixed(200.0)),
+    ("c6in.xlarge", up_to(6.25, 30.0)),
+    ("c7i.12xlarge", fixed(18.75)),
+    ("c7i.16xlarge", fixed(25.0)),
+    ("c7i.24xlarge", fixed(37.5)),
+    ("c7i.2xlarge", up_to(3.125, 12.5)),
+    ("c7i.48xlarge", fixed(50.0)),
+    ("c7i.4xlarge", up_to(6.25, 12.5)),
+    ("c7i.8xlarge", fixed(12.5)),
+    ("c7i.large", up_to(0.781, 12.5)),
+    ("c7i.metal-24xl", fixed(37.5)),
+    ("c7i.metal-48xl", fixed(50.0)),
+    ("c7i.xlarge", up_to(1.562, 12.5)),
     ("g4dn.12xlarge", fixed(50.0)),
     ("g4dn.16xlarge", fixed(50.0)),
     ("g4dn.2xlarge", up_to(10.0, 25.0)),
@@ -90,6 +128,22 @@ static TABLE: &[(&str, Allowance)] = &[
     ("g4dn.8xlarge", fixed(50.0)),
     ("g4dn.metal", fixed(100.0)),
     ("g4dn.xlarge", up_to(5.0, 25.0)),
+    ("g5.12xlarge", fixed(40.0)),
+    ("g5.16xlarge", fixed(25.0)),
+    ("g5.24xlarge", fixed(50.0)),
+    ("g5.2xlarge", up_to(5.0, 10.0)),
+    ("g5.48xlarge", fixed(100.0)),
+    ("g5.4xlarge", up_to(10.0, 25.0)),
+    ("g5.8xlarge", fixed(25.0)),
+    ("g5.xlarge", up_to(2.5, 10.0)),
+    ("g6.12xlarge", fixed(40.0)),
+    ("g6.16xlarge", fixed(25.0)),
+    ("g6.24xlarge", fixed(50.0)),
+    ("g6.2xlarge", up_to(5.0, 10.0)),
+    ("g6.48xlarge", fixed(100.0)),
+    ("g6.4xlarge", up_to(10.0, 25.0)),
+    ("g6.8xlarge", fixed(25.0)),
+    ("g6.xlarge", up_to(2.5, 10.0)),
     ("i3.16xlarge", fixed(25.0)),
     ("i3.2xlarge", up_to(2.5, 10.0)),
     ("i3.4xlarge", up_to(5.0, 10.0)),
@@ -105,6 +159,22 @@ static TABLE: &[(&str, Allowance)] = &[
     ("i3en.large", up_to(2.1, 25.0)),
     ("i3en.metal", fixed(100.0)),
     ("i3en.xlarge", up_to(4.2, 25.0)),
+    ("i4i.12xlarge", fixed(28.12)),
+    ("i4i.16xlarge", fixed(37.5)),
+    ("i4i.24xlarge", fixed(56.25)),
+    ("i4i.2xlarge", up_to(4.687, 12.0)),
+    ("i4i.32xlarge", fixed(75.0)),
+    ("i4i.4xlarge", up_to(9.375, 25.0)),
+    ("i4i.8xlarge", fixed(18.75)),
+    ("i4i.large", up_to(0.781, 10.0)),
+    ("i4i.metal", fixed(75.0)),
+    ("i4i.xlarge", up_to(1.875, 10.0)),
+    ("im4gn.16xlarge", fixed(100.0)),
+    ("im4gn.2xlarge", up_to(12.5, 25.0)),
+    ("im4gn.4xlarge", fixed(25.0)),
+    ("im4gn.8xlarge", fixed(50.0)),
+    ("im4gn.large", up_to(3.125, 25.0)),
+    ("im4gn.xlarge", up_to(6.25, 25.0)),
     ("m5.12xlarge", fixed(12.0)),
     ("m5.16xlarge", fixed(20.0)),
     ("m5.24xlarge", fixed(25.0)),
@@ -149,6 +219,10 @@ static TABLE: &[(&str, Allowance)] = &[
     ("p3.2xlarge", up_to(2.5, 10.0)),
     ("p3.8xlarge", fixed(10.0)),
     ("p4d.24xlarge", fixed(400.0)),
+    // ac.html: "3200 Gigabit" for the instance, which has 32 network cards;
+    // like p4d's "4x 100 Gigabit" over 4 cards, it is the instance's total.
+    ("p5.48xlarge", fixed(3200.0)),
+    ("p5.4xlarge", fixed(100.0)),
     ("r5.12xlarge", fixed(12.0)),
     ("r5.16xlarge", fixed(20.0)),
     ("r5.24xlarge", fixed(25.0)),
@@ -168,6 +242,17 @@ static TABLE: &[(&str, Allowance)] = &[
     ("r6i.large", up_to(0.781, 12.5)),
     ("r6i.metal", fixed(50.0)),
     ("r6i.xlarge", up_to(1.562, 12.5)),
+    ("r7i.12xlarge", fixed(18.75)),
+    ("r7i.16xlarge", fixed(25.0)),
+    ("r7i.24xlarge", fixed(37.5)),
+    ("r7i.2xlarge", up_to(3.125, 12.5)),
+    ("r7i.48xlarge", fixed(50.0)),
+    ("r7i.4xlarge", up_to(6.25, 12.5)),
+    ("r7i.8xlarge", fixed(12.5)),
+    ("r7i.large", up_to(0.781, 12.5)),
+    ("r7i.metal-24xl", fixed(37.5)),
+    ("r7i.metal-48xl", fixed(50.0)),
+    ("r7i.xlarge", up_to(1.562, 12.5)),
     ("x2gd.12xlarge", fixed(20.0)),
     ("x2gd.16xlarge", fixed(25.0)),
     ("x2gd.2xlarge", up_to(2.5, 10.0)),
@@ -206,9 +291,9 @@ mod tests {
         // gp.html: "m6in.xlarge 6.25 / 30.0", "m7i.metal-48xl 50 Gigabit".
         assert_eq!(lookup("m6in.xlarge"), Some(up_to(6.25, 30.0)));
         assert_eq!(lookup("m7i.metal-48xl"), Some(fixed(50.0)));
-        // Compute optimized: "c6i.4xlarge | 6.25 | 12.5", "c5.9xlarge | 10 Gbps".
+        // Compute optimized: "c6i.4xlarge | 6.25 | 12.5", "c5.9xlarge | 12 Gigabit" (current co.html).
         assert_eq!(lookup("c6i.4xlarge"), Some(up_to(6.25, 12.5)));
-        assert_eq!(lookup("c5.9xlarge"), Some(fixed(10.0)));
+        assert_eq!(lookup("c5.9xlarge"), Some(fixed(12.0)));
         // Memory optimized: "x2gd.medium | 0.5 | 10.0", "r6i.24xlarge | 37.5 Gigabit".
         assert_eq!(lookup("x2gd.medium"), Some(up_to(0.5, 10.0)));
         assert_eq!(lookup("r6i.24xlarge"), Some(fixed(37.5)));
@@ -220,6 +305,75 @@ mod tests {
     }
 
     #[test]
+    fn compute_optimized_network_specifications() {
+        // co.html: "c6in.large 3.125 / 25.0", "c6in.xlarge 6.25 / 30.0",
+        // "c6in.4xlarge 25.0 / 50.0", "c6in.24xlarge 150 Gigabit",
+        // "c6in.metal 200 Gigabit".
+        assert_eq!(lookup("c6in.large"), Some(up_to(3.125, 25.0)));
+        assert_eq!(lookup("c6in.xlarge"), Some(up_to(6.25, 30.0)));
+        assert_eq!(lookup("c6in.4xlarge"), Some(up_to(25.0, 50.0)));
+        assert_eq!(lookup("c6in.24xlarge"), Some(fixed(150.0)));
+        assert_eq!(lookup("c6in.metal"), Some(fixed(200.0)));
+        // co.html: "c7i.large 0.781 / 12.5", "c7i.4xlarge 6.25 / 12.5",
+        // "c7i.8xlarge 12.5 Gigabit", "c7i.metal-24xl 37.5 Gigabit",
+        // "c7i.48xlarge 50 Gigabit", "c6i.metal 50 Gigabit".
+        assert_eq!(lookup("c7i.large"), Some(up_to(0.781, 12.5)));
+        assert_eq!(lookup("c7i.4xlarge"), Some(up_to(6.25, 12.5)));
+        assert_eq!(lookup("c7i.8xlarge"), Some(fixed(12.5)));
+        assert_eq!(lookup("c7i.metal-24xl"), Some(fixed(37.5)));
+        assert_eq!(lookup("c7i.48xlarge"), Some(fixed(50.0)));
+        assert_eq!(lookup("c6i.metal"), Some(fixed(50.0)));
+    }
+
+    #[test]
+    fn memory_optimized_network_specifications() {
+        // mo.html: "r7i.large 0.781 / 12.5", "r7i.2xlarge 3.125 / 12.5",
+        // "r7i.12xlarge 18.75 Gigabit", "r7i.metal-48xl 50 Gigabit".
+        assert_eq!(lookup("r7i.large"), Some(up_to(0.781, 12.5)));
+        assert_eq!(lookup("r7i.2xlarge"), Some(up_to(3.125, 12.5)));
+        assert_eq!(lookup("r7i.12xlarge"), Some(fixed(18.75)));
+        assert_eq!(lookup("r7i.metal-48xl"), Some(fixed(50.0)));
+    }
+
+    #[test]
+    fn storage_optimized_network_specifications() {
+        // so.html: "i4i.xlarge 1.875 / 10.0", "i4i.2xlarge 4.687 / 12.0",
+        // "i4i.4xlarge 9.375 / 25.0", "i4i.12xlarge 28.12 Gigabit",
+        // "i4i.metal 75 Gigabit".
+        assert_eq!(lookup("i4i.xlarge"), Some(up_to(1.875, 10.0)));
+        assert_eq!(lookup("i4i.2xlarge"), Some(up_to(4.687, 12.0)));
+        assert_eq!(lookup("i4i.4xlarge"), Some(up_to(9.375, 25.0)));
+        assert_eq!(lookup("i4i.12xlarge"), Some(fixed(28.12)));
+        assert_eq!(lookup("i4i.metal"), Some(fixed(75.0)));
+        // so.html: "im4gn.large 3.125 / 25.0", "im4gn.2xlarge 12.5 / 25.0",
+        // "im4gn.4xlarge 25 Gigabit", "im4gn.16xlarge 100 Gigabit".
+        assert_eq!(lookup("im4gn.large"), Some(up_to(3.125, 25.0)));
+        assert_eq!(lookup("im4gn.2xlarge"), Some(up_to(12.5, 25.0)));
+        assert_eq!(lookup("im4gn.4xlarge"), Some(fixed(25.0)));
+        assert_eq!(lookup("im4gn.16xlarge"), Some(fixed(100.0)));
+    }
+
+    #[test]
+    fn accelerated_computing_network_specifications() {
+        // ac.html: "g5.xlarge 2.5 / 10.0", "g5.4xlarge 10.0 / 25.0",
+        // "g5.12xlarge 40 Gigabit", "g5.16xlarge 25 Gigabit" (less than the
+        // 12xlarge), "g5.48xlarge 100 Gigabit".
+        assert_eq!(lookup("g5.xlarge"), Some(up_to(2.5, 10.0)));
+        assert_eq!(lookup("g5.4xlarge"), Some(up_to(10.0, 25.0)));
+        assert_eq!(lookup("g5.12xlarge"), Some(fixed(40.0)));
+        assert_eq!(lookup("g5.16xlarge"), Some(fixed(25.0)));
+        assert_eq!(lookup("g5.48xlarge"), Some(fixed(100.0)));
+        // ac.html: "g6.2xlarge 5.0 / 10.0", "g6.8xlarge 25 Gigabit",
+        // "g6.24xlarge 50 Gigabit".
+        assert_eq!(lookup("g6.2xlarge"), Some(up_to(5.0, 10.0)));
+        assert_eq!(lookup("g6.8xlarge"), Some(fixed(25.0)));
+        assert_eq!(lookup("g6.24xlarge"), Some(fixed(50.0)));
+        // ac.html: "p5.4xlarge 100 Gigabit", "p5.48xlarge 3200 Gigabit".
+        assert_eq!(lookup("p5.4xlarge"), Some(fixed(100.0)));
+        assert_eq!(lookup("p5.48xlarge"), Some(fixed(3200.0)));
+    }
+
+    #[test]
     fn unknown_types_are_absent() {
         for name in [
             "",
@@ -227,7 +381,9 @@ mod tests {
             "m6i.",
             "M6I.LARGE",
             "m6i.large ",
-            "p5.48xlarge",
+            "p5e.48xlarge",
+            "c6in",
+            "i4i.medium",
             "zz.top",
             "a",
         ] {

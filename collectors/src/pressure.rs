@@ -60,8 +60,10 @@ impl Pressure {
         // Opening is not enough: kernels that create the files even with PSI
         // disabled at boot fail every read instead.
         for file in &mut files {
-            file.read()
-                .map_err(|error| Unavailable::new(format!("{NO_PSI}: {error}")))?;
+            file.read().map_err(|error| {
+                Unavailable::new(format!("{NO_PSI}: {error}"))
+                    .with_remedy("use a kernel with CONFIG_PSI (4.20+) and do not boot it with psi=0")
+            })?;
         }
         Ok(Self { files })
     }

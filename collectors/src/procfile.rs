@@ -29,7 +29,8 @@ impl ProcFile {
     pub fn require(path: PathBuf, what: &str) -> Result<Self, Unavailable> {
         match File::open(&path) {
             Ok(_) => Ok(Self::new(path)),
-            Err(error) => Err(Unavailable::new(format!("{what}: {}: {error}", path.display()))),
+            Err(error) => Err(Unavailable::new(format!("{what}: {}: {error}", path.display()))
+                .with_remedy("mount procfs and sysfs, or point --path.procfs / --path.sysfs at the host's")),
         }
     }
 

@@ -1,0 +1,202 @@
+//! `hostwatch doctor`: what this host lets the agent do, each problem with a
+//! remedy. Exit 0 when every enabled collector can run, 1 otherwise.
+//!
+//! Reads the kernel's version, BTF, tracefs and the process's capabilities,
+//! then builds each enabled collector and collects once, exactly as the agent
+//! would (each under a timeout, so a hung probe cannot hang the doctor).
+//! Needs what the collectors need; run it as the agent's user.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hostwatch_collectors::{ALL, CollectorSpec, CollectorsConfig, Context, HostPaths, MetricSet, Unavailable};
+
+/// How long one collector may take to build and collect once.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Capabilities the collectors use, by bit number (linux/capability.h).
+const CAPABILITIES: [(u32, &str, &str); 6] = [
+    (39, "CAP_BPF", "eBPF programs (netburst and the other eBPF collectors)"),
+    (38, "CAP_PERFMON", "tracepoints and perf sampling"),
+    (12, "CAP_NET_ADMIN", "network namespaces and tc, for the shaper"),
+    (19, "CAP_SYS_PTRACE", "reading other processes' maps for uprobes"),
+    (2, "CAP_DAC_READ_SEARCH", "reading /proc of other users' processes"),
+    (24, "CAP_SYS_RESOURCE", "locked memory for BPF maps on older kernels"),
+];
+
+enum Outcome {
+    Ok(MetricSet),
+    Down(Unavailable),
+    Failed(String),
+    Hung,
+}
+
+/// The report, and whether every enabled collector can run.
+pub fn report(config: &CollectorsConfig, paths: &HostPaths) -> (String, bool) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "HOST (a missing capability only matters to the collectors that need it, below)"
+    );
+    let release = std::fs::read_to_string(paths.proc("sys/kernel/osrelease")).unwrap_or_default();
+    line(
+        &mut out,
+        !release.is_empty(),
+        &format!("kernel {}", release.trim()),
+        None,
+    );
+    let btf = paths.sys("kernel/btf/vmlinux");
+    line(
+        &mut out,
+        btf.exists(),
+        &format!("kernel BTF at {}", btf.display()),
+        Some("a kernel built with CONFIG_DEBUG_INFO_BTF=y; without it the eBPF collectors are down"),
+    );
+    let effective = capabilities(&paths.proc("self/status"));
+    for (bit, name, why) in CAPABILITIES {
+        let held = effective.is_some_and(|caps| caps & (1 << bit) != 0);
+        let _ = writeln!(out, "  {}  {name}: {why}", if held { "ok  " } else { "no  " });
+    }
+    let tracing = paths.sys("kernel/tracing");
+    let kprobes = tracing.join("kprobe_events").exists();
+    let _ = writeln!(
+        out,
+        "  info  kprobes {}; fentry and LSM programs are not used, so their absence costs nothing",
+        if kprobes {
+            "available"
+        } else {
+            "not available (not needed)"
+        }
+    );
+
+    let _ = writeln!(out, "COLLECTORS");
+    let context = Context::new(paths.clone(), config.clone());
+    let mut all_ok = true;
+    for spec in ALL {
+        if !spec.plan(config).enabled {
+            let _ = writeln!(out, "  off   {} (disabled in the config)", spec.name);
+            continue;
+        }
+        match probe(spec, &context) {
+            Outcome::Ok(set) => {
+                let _ = writeln!(out, "  ok    {}", spec.name);
+                details(&mut out, spec.name, &set);
+            }
+            Outcome::Down(unavailable) => {
+                all_ok = false;
+                let _ = writeln!(out, "  FAIL  {}: {}", spec.name, unavailable.reason);
+                let _ = writeln!(out, "        remedy: {}", unavailable.remedy.unwrap_or(spec.needs));
+            }
+            Outcome::Failed(error) => {
+                all_ok = false;
+                let _ = writeln!(out, "  FAIL  {}: {error}", spec.name);
+            }
+            Outcome::Hung => {
+                all_ok = false;
+                let _ = writeln!(
+                    out,
+                    "  FAIL  {}: no answer within {}s (a hung file or device)",
+                    spec.name,
+                    PROBE_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+    (out, all_ok)
+}
+
+fn line(out: &mut String, ok: bool, what: &str, remedy: Option<&str>) {
+    let _ = writeln!(out, "  {}  {what}", if ok { "ok  " } else { "FAIL" });
+    if let (false, Some(remedy)) = (ok, remedy) {
+        let _ = writeln!(out, "        remedy: {remedy}");
+    }
+}
+
+/// Builds and collects once on a thread of its own, so a hung probe is left
+/// behind rather than hanging the doctor.
+fn probe(spec: &'static CollectorSpec, context: &Context) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    let context = context.clone();
+    std::thread::spawn(move || {
+        let outcome = match (spec.build)(&context) {
+            Err(unavailable) => Outcome::Down(unavailable),
+            Ok(mut collector) => {
+                let mut set = MetricSet::default();
+                match collector.collect(&mut set) {
+                    Ok(()) => Outcome::Ok(set),
+                    Err(error) => Outcome::Failed(error.to_string()),
+                }
+            }
+        };
+        let _ = tx.send(outcome);
+    });
+    rx.recv_timeout(PROBE_TIMEOUT).unwrap_or(Outcome::Hung)
+}
+
+/// What an operator wants to know beyond "it runs": ENA drivers and whether
+/// they have the allowance counters, the instance, the interfaces counted.
+fn details(out: &mut String, collector: &str, set: &MetricSet) {
+    for family in set.families() {
+        let desc = family.desc();
+        for series in family.series() {
+            let labels = series.label_values();
+            let note = match (collector, desc.name) {
+                ("ethtool", "hostwatch_ena_driver_info") => {
+                    format!("ENA {}: driver {} {}", labels[0], labels[1], labels[2])
+                }
+                ("ethtool", "hostwatch_ena_allowance_counters_supported") if series.value() == 0.0 => format!(
+                    "ENA {}: no allowance counters; remedy: upgrade the ENA driver to 2.2.10 or newer",
+                    labels[0]
+                ),
+                ("instance", "hostwatch_instance_info") => {
+                    format!("instance {} in {} ({})", labels[0], labels[1], labels[2])
+                }
+                ("netburst", "hostwatch_net_burst_threshold_bits_per_second") => {
+                    format!(
+                        "counting {} {} per millisecond, burst threshold {} bit/s",
+                        labels[0],
+                        labels[1],
+                        series.value()
+                    )
+                }
+                _ => continue,
+            };
+            let _ = writeln!(out, "        {note}");
+        }
+    }
+}
+
+/// The effective capability set from `/proc/self/status` (`CapEff`, hex).
+fn capabilities(status: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(status).ok()?;
+    let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_procfs_fails_with_remedies() {
+        let mut config = CollectorsConfig::default();
+        config.pressure.enabled = false;
+        let (text, ok) = report(&config, &HostPaths::new("/nonexistent/proc", "/nonexistent/sys"));
+        assert!(!ok);
+        assert!(
+            text.contains("  FAIL  cpu: no kernel statistics: /nonexistent/proc/stat"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remedy: mount procfs and sysfs, or point --path.procfs / --path.sysfs at the host's"),
+            "{text}"
+        );
+        assert!(text.contains("  off   pressure (disabled in the config)"), "{text}");
+        assert!(
+            text.contains("  ok    process"),
+            "the agent's own process is always there: {text}"
+        );
+    }
+}
