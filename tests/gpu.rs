@@ -1,7 +1,8 @@
 //! The gpu collector through the real agent, on its fixture backend (no GPU
 //! is needed): GPU series in the scrape, `promtool check metrics` on them, a
 //! GPU falling off the bus while the agent runs (state, XID 79, the logged
-//! event, the other GPU unaffected), and a host without NVML.
+//! event, the other GPU unaffected), a host without NVML, and what `hostwatch
+//! doctor` says about GPUs.
 
 // A test crate: its helpers fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -154,5 +155,48 @@ fn a_host_without_nvml_has_the_collector_down_with_the_reason() {
         logs.lines()
             .any(|line| line.contains("collector cannot run on this host") && line.contains("\"collector\":\"gpu\"")),
         "{logs}"
+    );
+}
+
+#[test]
+fn doctor_names_each_gpu_and_what_is_wrong() {
+    let dir = TempDir::new("gpu-doctor");
+    let config = dir.write(
+        "hostwatch.toml",
+        &format!("[collectors.gpu]\nfixtures = \"{}\"\n", fixture("gpu/lost").display()),
+    );
+    let output = Command::new(support::bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(report.contains("  ok    gpu\n"), "{report}");
+    assert!(
+        report.contains("        GPU 0 NVIDIA L4 (GPU-7e2d5b98-14a3-4c6e-a0f9-3d8b1c5e7f26), driver 550.90.07\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("        GPU 0: no GPM metrics, so no SM activity (NVML offers them on Hopper and newer)\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("        GPU 1: lost; remedy: see nvidia-smi and the kernel log (XIDs)\n"),
+        "{report}"
+    );
+
+    let config = dir.write(
+        "absent.toml",
+        "[collectors.gpu]\nlibrary = \"/nonexistent/libnvidia-ml.so.1\"\n",
+    );
+    let output = Command::new(support::bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        report.contains("  FAIL  gpu: cannot load the NVML library: /nonexistent/libnvidia-ml.so.1: cannot open shared object file: No such file or directory\n        remedy: install NVIDIA's driver"),
+        "{report}"
     );
 }

@@ -294,7 +294,7 @@ impl Gpu {
             ),
             None => Arc::new(
                 NvmlBackend::new(&config.library, context.paths.procfs().to_path_buf())
-                    .map_err(|error| Unavailable::new(error.to_string()))?,
+                    .map_err(|error| Unavailable::new(error.to_string()).with_remedy(error.remedy()))?,
             ),
         };
         Ok(Self::with_backend(backend, config, SPEC.plan(&context.config).timeout))

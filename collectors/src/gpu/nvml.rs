@@ -44,6 +44,21 @@ pub enum InitError {
     NoGpu,
 }
 
+impl InitError {
+    /// What an operator can do about it, for `hostwatch doctor`.
+    pub fn remedy(&self) -> &'static str {
+        match self {
+            Self::Load(_) => {
+                "install NVIDIA's driver (it ships libnvidia-ml.so.1) or set [collectors.gpu] library to where the library is (in a container, mount the host's driver libraries); on a host without NVIDIA GPUs, disable the collector"
+            }
+            Self::Init(_) | Self::Count(_) => {
+                "make `nvidia-smi` work as the agent's user: the NVIDIA kernel module loaded, its version matching libnvidia-ml, /dev/nvidiactl and /dev/nvidia* readable"
+            }
+            Self::NoGpu => "nothing to do on a host without NVIDIA GPUs; disable [collectors.gpu] to silence it",
+        }
+    }
+}
+
 pub struct NvmlBackend {
     nvml: Nvml,
     count: u32,
