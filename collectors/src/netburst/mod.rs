@@ -227,6 +227,8 @@ static UNWATCHED: Desc = Desc::gauge(
 
 /// How often the interface list is read again.
 const RESCAN: Duration = Duration::from_secs(2);
+/// Histories of departed interfaces kept for new ones.
+const SPARE_HISTORIES: usize = 4;
 
 /// A burst as `GET /debug/bursts` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +273,7 @@ struct NetBurst {
     paths: HostPaths,
     netns: u32,
     watched: Vec<Option<Watched>>,
+    spare: Vec<History>,
     unwatched: usize,
     scanned: Option<Instant>,
     attribution: Attribution,
@@ -315,6 +318,7 @@ impl NetBurst {
             paths: context.paths.clone(),
             netns,
             watched: (0..NET_MAX_IFACES).map(|_| None).collect(),
+            spare: Vec::new(),
             unwatched: 0,
             scanned: None,
             attribution: Attribution::new(&context.paths),
@@ -382,6 +386,12 @@ impl NetBurst {
             if gone && let Some(watched) = self.watched[id].take() {
                 self.backend.unwatch(watched.key)?;
                 info!(interface = %watched.name, "interface gone; no longer counted");
+                // Containers come and go with their veths: keep a few
+                // histories (240 KB each) for the next interface rather
+                // than churning the allocator.
+                if self.spare.len() < SPARE_HISTORIES {
+                    self.spare.extend(watched.series.map(|series| series.history));
+                }
             }
         }
         self.unwatched = 0;
@@ -398,7 +408,7 @@ impl NetBurst {
                 direction,
                 folder: Folder::default(),
                 detector: Detector::new(self.threshold(&name, direction)),
-                history: History::default(),
+                history: self.spare.pop().map(History::reset).unwrap_or_default(),
                 lost: 0,
                 contributors: HashMap::new(),
                 credited: None,

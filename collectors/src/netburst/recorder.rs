@@ -42,6 +42,13 @@ impl Default for History {
 }
 
 impl History {
+    /// The same buffer, holding nothing: for a new series.
+    pub fn reset(mut self) -> Self {
+        self.bytes.fill(0);
+        self.newest = None;
+        self
+    }
+
     pub fn push(&mut self, ms: u64, bytes: u64) {
         self.bytes[(ms % HISTORY_MS as u64) as usize] = u32::try_from(bytes).unwrap_or(LOST - 1);
         self.newest = Some(ms);

@@ -1,0 +1,36 @@
+//! The 2-minute version of the soak (bench/soak.py): scrapes, short-lived
+//! processes and interfaces coming and going, with the agent's memory, file
+//! descriptors and BPF links checked for growth. Root only (veth, eBPF).
+
+// A test crate: its helpers fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn two_minute_soak() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    if !status.lines().any(|l| l.starts_with("Uid:\t0\t")) {
+        eprintln!("skipped: the soak creates interfaces and loads BPF programs, which needs root");
+        return;
+    }
+    let output = Command::new("python3")
+        .arg(support::repo_root().join("bench/soak.py"))
+        .args(["--minutes", "2", "--hostwatch", support::bin()])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "soak failed:\n{summary}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert!(summary["samples"].as_u64().unwrap() >= 10, "{summary}");
+    assert!(
+        summary["bpf_links"][0].as_u64().unwrap() >= 3,
+        "netburst's links were there to watch: {summary}"
+    );
+}
