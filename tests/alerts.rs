@@ -1,5 +1,6 @@
-//! The alert rules in `packaging/alerts/`: promtool accepts them, their unit
-//! tests pass (firing and non-firing cases of every alert), and they name only
+//! The alert rules in `packaging/alerts/` (`hostwatch.rules.yml`, and
+//! `gpu.rules.yml` for GPU leaves): promtool accepts them, their unit tests
+//! pass (firing and non-firing cases of every alert), and they name only
 //! metric families the agent exports.
 
 // A test crate: its helpers fail loudly by design.
@@ -13,8 +14,23 @@ use std::process::Command;
 use regex::Regex;
 use support::{repo_root, require_program};
 
-fn rules_file() -> PathBuf {
-    repo_root().join("packaging/alerts/hostwatch.rules.yml")
+/// Each rule file and a family its expressions must use (so the name scan is
+/// known to see them).
+const RULE_FILES: [(&str, &str); 2] = [
+    (
+        "hostwatch.rules.yml",
+        "rate(hostwatch_ena_allowance_exceeded_packets_total[5m])",
+    ),
+    ("gpu.rules.yml", "increase(hostwatch_gpu_xid_errors_total[20m])"),
+];
+
+fn rules_file(name: &str) -> PathBuf {
+    repo_root().join("packaging/alerts").join(name)
+}
+
+/// The test file beside a rule file: `X.rules.yml` has `X.rules.test.yml`.
+fn tests_file(name: &str) -> PathBuf {
+    rules_file(&name.replace(".rules.yml", ".rules.test.yml"))
 }
 
 /// Runs `promtool ARGS`, failing the test with promtool's own output.
@@ -32,13 +48,16 @@ fn promtool(args: &[&str]) {
 
 #[test]
 fn promtool_checks_the_rules() {
-    promtool(&["check", "rules", rules_file().to_str().unwrap()]);
+    for (name, _) in RULE_FILES {
+        promtool(&["check", "rules", rules_file(name).to_str().unwrap()]);
+    }
 }
 
 #[test]
 fn promtool_unit_tests_pass() {
-    let tests = repo_root().join("packaging/alerts/hostwatch.rules.test.yml");
-    promtool(&["test", "rules", tests.to_str().unwrap()]);
+    for (name, _) in RULE_FILES {
+        promtool(&["test", "rules", tests_file(name).to_str().unwrap()]);
+    }
 }
 
 /// Exported families that no golden file under `tests/golden/` shows, which
@@ -110,39 +129,41 @@ fn known_families() -> BTreeSet<String> {
 /// (`hostwatch:...`) do not match the pattern.
 #[test]
 fn rules_use_only_exported_families() {
-    let rules = std::fs::read_to_string(rules_file()).unwrap();
     let known = known_families();
-    assert!(
-        rules.contains("rate(hostwatch_ena_allowance_exceeded_packets_total[5m])"),
-        "the scan must see the expressions"
-    );
-    let unknown = unknown_names(&rules, &known);
-    assert!(
-        unknown.is_empty(),
-        "hostwatch.rules.yml names families the agent does not export (line, name): {unknown:?}"
-    );
+    for (name, expression) in RULE_FILES {
+        let rules = std::fs::read_to_string(rules_file(name)).unwrap();
+        assert!(
+            rules.contains(expression),
+            "the scan must see the expressions of {name}"
+        );
+        let unknown = unknown_names(&rules, &known);
+        assert!(
+            unknown.is_empty(),
+            "{name} names families the agent does not export (line, name): {unknown:?}"
+        );
+    }
 }
 
-/// Recording rules used in expressions are defined in the file.
+/// Recording rules used in expressions are defined in the same file (each
+/// file stands alone in `rule_files`).
 #[test]
 fn recording_rules_used_are_defined() {
-    let rules = std::fs::read_to_string(rules_file()).unwrap();
-    let recorded: BTreeSet<&str> = rules
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("- record: "))
-        .map(str::trim)
-        .collect();
-    let used: BTreeSet<&str> = Regex::new(r"hostwatch:[a-z0-9_:]+")
-        .unwrap()
-        .find_iter(&rules)
-        .map(|m| m.as_str())
-        .collect();
-    assert!(!used.is_empty(), "no recording rule used");
-    let undefined: Vec<&&str> = used.difference(&recorded).collect();
-    assert!(
-        undefined.is_empty(),
-        "recording rules used but not defined: {undefined:?}"
-    );
+    let recording_rule = Regex::new(r"hostwatch:[a-z0-9_:]+").unwrap();
+    for (name, _) in RULE_FILES {
+        let rules = std::fs::read_to_string(rules_file(name)).unwrap();
+        let recorded: BTreeSet<&str> = rules
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- record: "))
+            .map(str::trim)
+            .collect();
+        let used: BTreeSet<&str> = recording_rule.find_iter(&rules).map(|m| m.as_str()).collect();
+        assert!(!used.is_empty(), "no recording rule used in {name}");
+        let undefined: Vec<&&str> = used.difference(&recorded).collect();
+        assert!(
+            undefined.is_empty(),
+            "recording rules used but not defined in {name}: {undefined:?}"
+        );
+    }
 }
 
 #[test]
@@ -184,17 +205,22 @@ fn allowlist_names_documented_families() {
 /// README's Alerts section names every alert.
 #[test]
 fn readme_lists_every_alert() {
-    let rules = std::fs::read_to_string(rules_file()).unwrap();
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let alerts: BTreeSet<&str> = rules
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("- alert: "))
-        .map(str::trim)
-        .collect();
-    assert!(alerts.len() >= 8, "{alerts:?}");
-    let missing: Vec<&&str> = alerts
-        .iter()
-        .filter(|alert| !readme.contains(&format!("`{alert}`")))
-        .collect();
-    assert!(missing.is_empty(), "README.md does not list the alerts {missing:?}");
+    for ((name, _), at_least) in RULE_FILES.iter().zip([8, 4]) {
+        let rules = std::fs::read_to_string(rules_file(name)).unwrap();
+        let alerts: BTreeSet<&str> = rules
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("- alert: "))
+            .map(str::trim)
+            .collect();
+        assert!(alerts.len() >= at_least, "{name}: {alerts:?}");
+        let missing: Vec<&&str> = alerts
+            .iter()
+            .filter(|alert| !readme.contains(&format!("`{alert}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md does not list the alerts {missing:?} of {name}"
+        );
+    }
 }

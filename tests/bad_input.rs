@@ -50,7 +50,7 @@ fn invalid_configs_name_file_line_column_and_reason() {
         ),
         (
             "[collectors.nosuch]\n",
-            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `stalls`, `hotspots`, `python`, `process`\n",
+            "FILE:1:13: unknown field `nosuch`, expected one of `cpu`, `memory`, `pressure`, `cgroups`, `netdev`, `ethtool`, `instance`, `headroom`, `netburst`, `stalls`, `hotspots`, `python`, `gpu`, `process`\n",
         ),
         (
             "[collectors.python]\nmax_targets = 2000\n",
@@ -201,7 +201,7 @@ fn doctor_names_what_cannot_run_and_exits_1() {
     let dir = TempDir::new("doctor");
     let config = dir.write(
         "hostwatch.toml",
-        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.stalls]\nenabled = false\n[collectors.hotspots]\nenabled = false\n[collectors.python]\nenabled = false\n",
+        "[collectors.ethtool]\nenabled = false\n[collectors.instance]\nenabled = false\n[collectors.headroom]\nenabled = false\n[collectors.netburst]\nenabled = false\n[collectors.stalls]\nenabled = false\n[collectors.hotspots]\nenabled = false\n[collectors.python]\nenabled = false\n[collectors.gpu]\nenabled = false\n",
     );
     let output = Command::new(bin())
         .args(["doctor", "--config"])

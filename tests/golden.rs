@@ -84,7 +84,8 @@ fn openmetrics_and_gzip_on_request() {
 }
 
 /// The README's metric table must name every family the agent exports,
-/// including those only an ENA host shows (replayed from fixtures here).
+/// including those only an ENA host or a GPU host shows (replayed from
+/// fixtures here).
 #[test]
 fn readme_lists_every_metric() {
     let dir = support::TempDir::new("readme");
@@ -99,11 +100,23 @@ fn readme_lists_every_metric() {
             .unwrap();
         }
     }
+    // GPUs: a busy H100 and an A100 with XIDs, from the gpu fixtures.
+    let gpus = dir.join("gpus");
+    std::fs::create_dir_all(&gpus).unwrap();
+    for (scenario, file, target) in [
+        ("busy", "system.json", "system.json"),
+        ("busy", "gpu0.json", "gpu0.json"),
+        ("xid", "gpu0.json", "gpu1.json"),
+    ] {
+        std::fs::copy(support::fixture("gpu").join(scenario).join(file), gpus.join(target)).unwrap();
+    }
     let config = dir.write(
         "hostwatch.toml",
         &format!(
-            "[collectors.ethtool]\nfixtures = \"{}\"\nper_queue = true\nraw_stats = \"tx_timeout\"\n",
-            dir.join("fixtures").display()
+            "[collectors.ethtool]\nfixtures = \"{}\"\nper_queue = true\nraw_stats = \"tx_timeout\"\n\
+             [collectors.gpu]\nfixtures = \"{}\"\n",
+            dir.join("fixtures").display(),
+            gpus.display()
         ),
     );
     let agent = Agent::on_fixture("basic", &["--config", config.to_str().unwrap()]);
@@ -142,6 +155,10 @@ fn readme_lists_every_metric() {
     assert!(
         exported.iter().any(|name| name == "hostwatch_ena_srd_mode"),
         "the ENA fixtures were read: {exported:?}"
+    );
+    assert!(
+        exported.iter().any(|name| name == "hostwatch_gpu_xid_errors_total"),
+        "the GPU fixtures were read: {exported:?}"
     );
     let missing: Vec<&String> = exported
         .iter()

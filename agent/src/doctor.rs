@@ -153,6 +153,27 @@ fn details(out: &mut String, collector: &str, set: &MetricSet) {
                 ("instance", "hostwatch_instance_info") => {
                     format!("instance {} in {} ({})", labels[0], labels[1], labels[2])
                 }
+                ("gpu", "hostwatch_gpu_info") => {
+                    format!("GPU {} {} ({}), driver {}", labels[0], labels[2], labels[1], labels[3])
+                }
+                ("gpu", "hostwatch_gpu_state") if series.value() == 1.0 && labels[2] != "ok" => {
+                    format!(
+                        "GPU {}: {}; remedy: see nvidia-smi and the kernel log (XIDs)",
+                        labels[0], labels[2]
+                    )
+                }
+                ("gpu", "hostwatch_gpu_gpm_supported") if series.value() == 0.0 => {
+                    format!(
+                        "GPU {}: no GPM metrics, so no SM activity (NVML offers them on Hopper and newer)",
+                        labels[0]
+                    )
+                }
+                ("gpu", "hostwatch_gpu_xid_events_supported") if series.value() == 0.0 => {
+                    format!(
+                        "GPU {}: NVML delivers no XID events, so XID errors go uncounted",
+                        labels[0]
+                    )
+                }
                 ("netburst", "hostwatch_net_burst_threshold_bits_per_second") => {
                     format!(
                         "counting {} {} per millisecond, burst threshold {} bit/s",

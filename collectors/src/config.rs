@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    cgroups, cpu, ethtool, headroom, hotspots, instance, memory, netburst, netdev, pressure, process, python, stalls,
+    cgroups, cpu, ethtool, gpu, headroom, hotspots, instance, memory, netburst, netdev, pressure, process, python,
+    stalls,
 };
 
 /// All collector sections, one field per collector in [`crate::ALL`].
@@ -30,6 +31,7 @@ pub struct CollectorsConfig {
     pub stalls: stalls::Config,
     pub hotspots: hotspots::Config,
     pub python: python::Config,
+    pub gpu: gpu::Config,
     pub process: process::Config,
 }
 

@@ -20,6 +20,7 @@ pub mod sample;
 pub mod cgroups;
 pub mod cpu;
 pub mod ethtool;
+pub mod gpu;
 pub mod headroom;
 pub mod hotspots;
 pub mod instance;
@@ -56,6 +57,7 @@ pub static ALL: &[&CollectorSpec] = &[
     &stalls::SPEC,
     &hotspots::SPEC,
     &python::SPEC,
+    &gpu::SPEC,
     &process::SPEC,
 ];
 
