@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building hostwatch needs, and with --test what its test suite
-# and benchmarks start for real (Prometheus server and promtool, node_exporter,
-# iproute2, ethtool, iperf3, Python). Debian 12 / Ubuntu 22.04 or newer.
+# and benchmarks start for real (Prometheus server and promtool,
+# node_exporter, iproute2, ethtool, iperf3, Python) and the Debian packaging
+# tools (dpkg-dev, the pinned cargo-deb). Debian 12 / Ubuntu 22.04 or newer.
 # Idempotent and quick when everything is present. Packaged services are not
 # started by the install (a policy-rc.d guard), so a developer's machine does
 # not gain a Prometheus on :9090.
@@ -10,7 +11,8 @@ set -euo pipefail
 packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
     packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
-        clang-19 llvm-19 libbpf-dev bpftool make)
+        clang-19 llvm-19 libbpf-dev bpftool make
+        dpkg-dev)
 fi
 
 missing=()
@@ -39,4 +41,10 @@ fi
 # installs it for the current user when cargo is absent.
 if ! command -v cargo >/dev/null && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95
+fi
+
+# The Debian package's builder (tests/deb.rs runs packaging/build-deb.sh),
+# pinned there; a cargo install, so after Rust.
+if [[ "${1:-}" == "--test" ]]; then
+    "$(dirname "$0")/build-deb.sh" --install-tool
 fi
