@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building hostwatch needs, and with --test what its test suite
-# and benchmarks start for real (Prometheus server and promtool,
+# and benchmarks start for real (Prometheus server and promtool, Alertmanager,
 # node_exporter, iproute2, ethtool, iperf3, Python) and the Debian packaging
 # tools (dpkg-dev, the pinned cargo-deb). Debian 12 / Ubuntu 22.04 or newer.
 # Idempotent and quick when everything is present. Packaged services are not
@@ -12,7 +12,7 @@ packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
     packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
         clang-19 llvm-19 libbpf-dev bpftool make
-        dpkg-dev)
+        prometheus-alertmanager dpkg-dev)
 fi
 
 missing=()
