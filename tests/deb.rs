@@ -252,6 +252,8 @@ impl Root {
             // The host's dpkg.cfg names the host's log.
             .arg(format!("--log={}", self.path("/var/log/dpkg.log").display()))
             .args(["--force-script-chrootless", "--force-depends", "--force-confold"])
+            // A developer who is not root installs files they own.
+            .arg("--force-not-root")
             // Host configs (container images) may exclude /usr/share/doc.
             .arg("--path-include=/*")
             .args(action))
