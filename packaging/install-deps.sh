@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building hostwatch needs, and with --test what its test suite
-# and benchmarks start for real (Prometheus server and promtool, node_exporter,
-# iproute2, ethtool, iperf3, Python with and without symbols, py-spy).
+# and benchmarks start for real (Prometheus server and promtool, Alertmanager,
+# node_exporter, iproute2, ethtool, iperf3, Python with and without symbols,
+# py-spy) and the Debian packaging tools (dpkg-dev, the pinned cargo-deb).
 # Debian 12 / Ubuntu 22.04 or newer.
 # Idempotent and quick when everything is present. Packaged services are not
 # started by the install (a policy-rc.d guard), so a developer's machine does
@@ -12,6 +13,7 @@ packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
     packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
         clang-19 llvm-19 libbpf-dev bpftool make python3-psutil util-linux
+        prometheus-alertmanager dpkg-dev
         # The GIL tests: python3.11-dbg brings python3.11d (a full symbol
         # table) and the build-id debug file of the stripped python3.11, and
         # pins python3.11 to its own version so the build-ids match.
@@ -51,4 +53,10 @@ if [[ "${1:-}" == "--test" ]] && ! command -v py-spy >/dev/null; then
     sudo=""
     [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo /usr/bin/python3 -m pip install -q --break-system-packages --root-user-action=ignore py-spy==0.4.3
+fi
+
+# The Debian package's builder (tests/deb.rs runs packaging/build-deb.sh),
+# pinned there; a cargo install, so after Rust.
+if [[ "${1:-}" == "--test" ]]; then
+    "$(dirname "$0")/build-deb.sh" --install-tool
 fi
