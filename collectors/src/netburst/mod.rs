@@ -471,6 +471,9 @@ impl NetBurst {
             }
         }
         let mut attributed = [[false; 2]; NET_MAX_IFACES as usize];
+        let transmitted = self.ended.iter().filter(|(_, d, _)| *d == Direction::Transmit).count();
+        self.facts
+            .add_bursts((self.ended.len() - transmitted) as u64, transmitted as u64);
         for &(id, direction, burst) in &self.ended {
             let index = id as u32 * 2 + direction.index();
             let contributors = self.attribution.top(index, self.config.event_contributors);
