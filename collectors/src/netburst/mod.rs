@@ -18,7 +18,8 @@
 //! `hostwatch_net_burst_threshold_bits_per_second`, `hostwatch_net_slots_lost_total`,
 //! `hostwatch_net_burst_contributor_bytes_total`, `hostwatch_net_recordings_total`,
 //! `hostwatch_net_recording_failures_total`; and the documents `bursts` (recent
-//! burst events), `netslots` (the last second per millisecond) and
+//! burst events), `netslots` (the last second per millisecond, with the
+//! millisecond it ends at) and
 //! `recordings` (the flight recorder's files) for `GET /debug/...`.
 
 mod attribution;
@@ -533,6 +534,9 @@ impl NetBurst {
             interface: &'a str,
             direction: Direction,
             threshold_bits_per_second: f64,
+            /// The collector's millisecond clock just after the last slot:
+            /// lets a reader join successive documents without gaps or overlaps.
+            end_ms: u64,
             bytes_per_ms: &'a [Option<u32>],
         }
         let mut all = Vec::new();
@@ -555,6 +559,7 @@ impl NetBurst {
                 interface,
                 direction: *direction,
                 threshold_bits_per_second: *threshold_bits_per_second,
+                end_ms: now_ms,
                 bytes_per_ms: bytes,
             });
         }
