@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// policy would split every packet and gain nothing on the wire.
 pub const MIN_DEPTH: f64 = 1500.0;
 
+/// The real-time account's depth, in reservation depths (see [`Pacer::emit`]).
+const EMISSION_DEPTHS: f64 = 2.0;
+
 /// The largest slice one reservation takes. Keeps the connections of a fast
 /// policy interleaving, and matches the relay's buffer.
 pub const MAX_SLICE: usize = 64 * 1024;
@@ -98,19 +101,28 @@ impl Pacer {
         (bytes, state.paid.max(now))
     }
 
-    /// Books `bytes` of a reservation that came due at the instant they
-    /// actually go, `now`; returns when they may (usually `now`). Reservations
-    /// keep the order fair, but a process that was not scheduled for a few
-    /// milliseconds wakes with several of them due at once: this second
-    /// account spreads them out again, so that the bound holds in real time.
-    pub fn emit(&self, now: Instant, bytes: usize) -> Instant {
+    /// Books `bytes` of a reservation that came due, at the instant they
+    /// actually go, `now`, if the bucket holds them in real time; otherwise
+    /// books nothing and says when to try again. Reservations keep the order
+    /// fair, but a process that was not scheduled for a few milliseconds wakes
+    /// with several of them due at once: this second account, checked just
+    /// before the bytes move, spreads them out again.
+    pub fn emit(&self, now: Instant, bytes: usize) -> Option<Instant> {
         let mut state = self.lock();
-        let full = shift(now, -state.depth / state.rate);
+        // Twice as deep as the reservations: a connection that wakes up to a
+        // millisecond late (a busy host) keeps its turn instead of losing the
+        // tokens, and a descheduled process still releases at most two
+        // depths at once.
+        let full = shift(now, -EMISSION_DEPTHS * state.depth / state.rate);
         if state.emitted < full {
             state.emitted = full;
         }
-        state.emitted = shift(state.emitted, bytes as f64 / state.rate);
-        state.emitted.max(now)
+        let due = shift(state.emitted, bytes as f64 / state.rate);
+        if due > now {
+            return Some(due);
+        }
+        state.emitted = due;
+        None
     }
 
     /// Gives back bytes a reservation did not use.
@@ -242,7 +254,7 @@ mod tests {
     }
 
     /// Six reservations that all came due while the process was not
-    /// running go out one depth per millisecond, not together.
+    /// running go out two depths, then one per millisecond, not together.
     #[test]
     fn late_wakes_are_spread_out() {
         let start = Instant::now();
@@ -250,10 +262,12 @@ mod tests {
         let due: Vec<_> = (0..6).map(|_| pacer.reserve(start, 10_000)).collect();
         assert_eq!(due[5].1, start + 5 * MS);
         let late = start + 10 * MS;
-        let emitted: Vec<_> = due.iter().map(|(bytes, _)| pacer.emit(late, *bytes)).collect();
-        assert_eq!(emitted[0], late);
-        assert_eq!(emitted[1], late + MS);
-        assert_eq!(emitted[5], late + 5 * MS);
+        assert_eq!(pacer.emit(late, 10_000), None);
+        assert_eq!(pacer.emit(late, 10_000), None);
+        assert_eq!(pacer.emit(late, 10_000), Some(late + MS), "nothing booked");
+        assert_eq!(pacer.emit(late + MS / 2, 10_000), Some(late + MS));
+        assert_eq!(pacer.emit(late + MS, 10_000), None);
+        assert_eq!(pacer.emit(late + MS, 10_000), Some(late + 2 * MS));
     }
 
     #[test]

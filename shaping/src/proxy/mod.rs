@@ -36,10 +36,15 @@ pub use self::config::Config;
 use self::head::{HeadError, Kind};
 use self::state::{Direction, PolicyState, Refusal, State};
 
-/// The smallest upstream socket buffer the proxy asks for (the kernel
-/// doubles it). Windows of a few segments only make the server send in
+/// The smallest upstream receive buffer the proxy asks for (the kernel
+/// doubles it). Windows of a segment or two only make the server send in
 /// tiny pieces: measured against moto, 2 kB buffers halved its throughput.
-const MIN_SOCKET_BUFFER: f64 = 8192.0;
+const MIN_RECEIVE_BUFFER: f64 = 8192.0;
+
+/// The smallest send buffer: the kernel's own minimum (about 4.5 kB once
+/// doubled). Whatever the send buffers hold when the server stops reading
+/// leaves together when it reads again, in every connection at once.
+const MIN_SEND_BUFFER: f64 = 2048.0;
 
 /// How long stopping waits for connection tasks to close their sockets.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -182,9 +187,10 @@ async fn accept(listener: TcpListener, serving: Arc<Serving>, permits: usize, mu
 /// first: closing with unread data would reset the connection and the client
 /// would see an error instead of the 503.
 async fn refuse_busy(mut stream: TcpStream) {
+    let mut head = [0u8; 1024];
+    // A client that says nothing (an idle connection) still gets its answer.
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head)).await;
     let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head).await;
         let _ = stream.write_all(Refusal::Busy.response()).await;
         let _ = stream.shutdown().await;
     })
@@ -266,33 +272,43 @@ async fn serve(mut client: TcpStream, serving: &Serving) {
     drop(request);
     drop(buf);
     let paced = (policy, &state.timer);
-    match relay::relay(
+    // Boxed: the relay's state is far larger than a connection waiting for
+    // its head, and thousands of those must stay cheap.
+    let relayed = Box::pin(relay::relay(
         &mut client,
         &mut upstream,
         paced,
-        serving.idle_timeout,
+        (serving.idle_timeout, serving.socket_buffer),
         (forwarding, &first),
-    )
-    .await
-    {
+    ));
+    match relayed.await {
         Ok(()) => debug!(%host, port, policy = %policy.name, "shaping proxy: tunnel closed"),
         Err(error) => debug!(%host, port, policy = %policy.name, %error, "shaping proxy: tunnel ended"),
     }
 }
 
-/// Connects to `host:port` with the upstream socket's buffers sized to a few
-/// milliseconds of this connection's share of the policy's rate, before
-/// connecting: the receive buffer is the window the server may fill in one
-/// burst, at the start of every response, in every connection at once.
-async fn connect(host: &str, port: u16, policy: &PolicyState, buffer: Duration) -> std::io::Result<TcpStream> {
-    let share = (policy.open() + 1) as f64;
-    let size = |direction: Direction| {
-        policy
-            .lane(direction)
-            .rate()
-            // Halved: the kernel doubles what it is asked for.
-            .map(|bits| (bits / 8.0 * buffer.as_secs_f64() / share / 2.0).max(MIN_SOCKET_BUFFER) as u32)
+/// The upstream socket buffer of one connection for `direction` (receive
+/// for downloads, send for uploads): its share of `socket_buffer` at the
+/// policy's current rate, halved because the kernel doubles what it is asked
+/// for. `None` when the direction is unlimited (the kernel's autotuning).
+pub(crate) fn socket_buffer(policy: &PolicyState, direction: Direction, buffer: Duration) -> Option<usize> {
+    let floor = match direction {
+        Direction::Download => MIN_RECEIVE_BUFFER,
+        Direction::Upload => MIN_SEND_BUFFER,
     };
+    let share = policy.open().max(1) as f64;
+    policy
+        .lane(direction)
+        .rate()
+        .map(|bits| (bits / 8.0 * buffer.as_secs_f64() / share / 2.0).max(floor) as usize)
+}
+
+/// Connects to `host:port` with the upstream socket's buffers set before
+/// connecting (see [`socket_buffer`]; the relay keeps them at their share as
+/// connections come and go): the receive buffer is the window a server may
+/// fill in one burst, at the start of every response, in every connection
+/// at once.
+async fn connect(host: &str, port: u16, policy: &PolicyState, buffer: Duration) -> std::io::Result<TcpStream> {
     let mut last = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
         let socket = if addr.is_ipv4() {
@@ -300,11 +316,11 @@ async fn connect(host: &str, port: u16, policy: &PolicyState, buffer: Duration) 
         } else {
             TcpSocket::new_v6()?
         };
-        if let Some(bytes) = size(Direction::Download) {
-            socket.set_recv_buffer_size(bytes)?;
+        if let Some(bytes) = socket_buffer(policy, Direction::Download, buffer) {
+            socket.set_recv_buffer_size(u32::try_from(bytes).unwrap_or(u32::MAX))?;
         }
-        if let Some(bytes) = size(Direction::Upload) {
-            socket.set_send_buffer_size(bytes)?;
+        if let Some(bytes) = socket_buffer(policy, Direction::Upload, buffer) {
+            socket.set_send_buffer_size(u32::try_from(bytes).unwrap_or(u32::MAX))?;
         }
         match socket.connect(addr).await {
             Ok(stream) => {

@@ -49,19 +49,21 @@ pub async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     (policy, timer): (&PolicyState, &Timer),
-    idle: Duration,
+    (idle, socket_buffer): (Duration, Duration),
     (rewrite_responses, prefix): (bool, &[u8]),
 ) -> Result<(), RelayError> {
     let start = Instant::now();
     let activity = AtomicU64::new(0);
     let (client_read, mut client_write) = client.split();
     let (upstream_read, mut upstream_write) = upstream.split();
+    let upload_sizer = Sizer::new(upstream_read.as_ref(), Direction::Upload, socket_buffer);
+    let download_sizer = Sizer::new(upstream_read.as_ref(), Direction::Download, socket_buffer);
     let upload = async {
         write_paced(prefix, &mut upstream_write, (policy, timer), (start, &activity)).await?;
         pump(
             &client_read,
             &mut upstream_write,
-            (policy, timer),
+            (policy, timer, upload_sizer),
             Direction::Upload,
             (start, &activity),
         )
@@ -74,7 +76,7 @@ pub async fn relay(
         pump(
             &upstream_read,
             &mut client_write,
-            (policy, timer),
+            (policy, timer, download_sizer),
             Direction::Download,
             (start, &activity),
         )
@@ -107,7 +109,7 @@ fn touch((start, activity): Activity<'_>) {
 async fn pump(
     from: &ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
-    (policy, timer): (&PolicyState, &Timer),
+    (policy, timer, mut sizer): (&PolicyState, &Timer, Sizer<'_>),
     direction: Direction,
     activity: Activity<'_>,
 ) -> Result<(), RelayError> {
@@ -124,6 +126,7 @@ async fn pump(
         // direction idle for minutes (the response while an upload runs)
         // must not hold back the policy's other connections.
         stream.readable().await.map_err(error)?;
+        sizer.follow(policy);
         let granted = lane.acquire(buf.len(), timer).await;
         let read = match stream.try_read(&mut buf[..granted]) {
             Ok(read) => read,
@@ -145,6 +148,49 @@ async fn pump(
         touch(activity);
         to.write_all(&buf[..read]).await.map_err(error)?;
         touch(activity);
+    }
+}
+
+/// Keeps one direction's upstream socket buffer at the connection's share
+/// (see [`super::socket_buffer`]) while the policy's connections come and go:
+/// sized when a connection opens, the first ones would otherwise keep the
+/// whole budget each, and their sum is what a stalled server releases at once.
+struct Sizer<'a> {
+    upstream: &'a TcpStream,
+    direction: Direction,
+    budget: Duration,
+    /// The policy's open connections when the buffer was last set.
+    applied: u64,
+}
+
+impl<'a> Sizer<'a> {
+    fn new(upstream: &'a TcpStream, direction: Direction, budget: Duration) -> Self {
+        Self {
+            upstream,
+            direction,
+            budget,
+            // Set at connect for the connections open then, this one included.
+            applied: 0,
+        }
+    }
+
+    /// Resizes when the policy's connection count changed: one load on the
+    /// hot path, a system call only on a change.
+    fn follow(&mut self, policy: &PolicyState) {
+        let open = policy.open();
+        if open == self.applied {
+            return;
+        }
+        self.applied = open;
+        let Some(bytes) = super::socket_buffer(policy, self.direction, self.budget) else {
+            return;
+        };
+        let socket = socket2::SockRef::from(self.upstream);
+        // Best effort: a failure leaves the size set at connect.
+        let _ = match self.direction {
+            Direction::Download => socket.set_recv_buffer_size(bytes),
+            Direction::Upload => socket.set_send_buffer_size(bytes),
+        };
     }
 }
 
@@ -198,15 +244,17 @@ async fn forward_response_heads(
                 }));
             }
             stream.readable().await.map_err(error)?;
-            let mut chunk = [0u8; 4096];
-            let granted = lane.acquire(chunk.len(), timer).await;
-            match stream.try_read(&mut chunk[..granted]) {
+            let granted = lane.acquire(4096, timer).await;
+            let filled = buf.len();
+            buf.resize(filled + granted, 0);
+            let read = stream.try_read(&mut buf[filled..]);
+            buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => return Err(RelayError::Response(HeadError::Closed)),
                 Ok(read) => {
                     lane.refund(granted - read);
                     lane.count(read);
                     touch(activity);
-                    buf.extend_from_slice(&chunk[..read]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => lane.refund(granted),
                 Err(e) => {

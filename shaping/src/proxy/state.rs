@@ -62,9 +62,10 @@ impl Lane {
         if at > asked {
             timer.sleep_until(at).await;
         }
-        let go = pacer.emit(Instant::now(), bytes);
-        timer.sleep_until(go).await;
-        let waited = go.max(at).saturating_duration_since(asked);
+        while let Some(retry) = pacer.emit(Instant::now(), bytes) {
+            timer.sleep_until(retry).await;
+        }
+        let waited = asked.elapsed();
         if !waited.is_zero() {
             let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
             self.delay_nanos.fetch_add(nanos, Ordering::Relaxed);
