@@ -23,6 +23,9 @@ use super::state::{Direction, PolicyState};
 use crate::bucket::MAX_SLICE;
 use crate::timer::Timer;
 
+/// The relay buffer of a direction without a limit.
+const UNLIMITED_BUFFER: usize = 256 * 1024;
+
 /// The largest response head accepted from an origin.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -118,8 +121,15 @@ async fn pump(
         direction: direction.as_str(),
         source,
     };
-    // One buffer per direction for the tunnel's life: the loop allocates nothing.
-    let mut buf = vec![0u8; MAX_SLICE];
+    // One buffer per direction for the tunnel's life: the loop allocates
+    // nothing. Paced lanes never take more than a slice; unlimited ones move
+    // bigger reads (fewer system calls per byte).
+    let size = if lane.pacer.is_some() {
+        MAX_SLICE
+    } else {
+        UNLIMITED_BUFFER
+    };
+    let mut buf = vec![0u8; size];
     let stream: &TcpStream = from.as_ref();
     loop {
         // Tokens are reserved only once there is something to read: a
