@@ -82,7 +82,8 @@ def transfer_awscli(args, path, directory):
     with open(config, "w") as out:
         out.write("[default]\nregion = us-east-1\n")
         if args.max_bandwidth:
-            out.write(f"s3 =\n  max_bandwidth = {int(args.max_bandwidth)}B/s\n")
+            # aws-cli takes a rate only with a (binary) unit: KB/s is 1024 B/s.
+            out.write(f"s3 =\n  max_bandwidth = {round(args.max_bandwidth / 1024)}KB/s\n")
     os.environ["AWS_CONFIG_FILE"] = config
     from awscli.clidriver import create_clidriver
 
