@@ -126,3 +126,26 @@ impl HostFacts {
             .cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_gathers_what_two_collectors_set() {
+        let facts = HostFacts::default();
+        facts.set_ena_exceeded([3, 4, 5]);
+        facts.add_bursts(1, 2);
+        facts.add_bursts(0, 1);
+        assert_eq!(
+            facts.congestion(),
+            Congestion {
+                bw_in_exceeded: 3,
+                bw_out_exceeded: 4,
+                pps_exceeded: 5,
+                bursts_received: 1,
+                bursts_transmitted: 3,
+            }
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The smallest depth in bytes: one full Ethernet frame. Below it a slow
 /// policy would split every packet and gain nothing on the wire.
-pub const MIN_DEPTH: f64 = 1500.0;
+const MIN_DEPTH: f64 = 1500.0;
 
 /// The real-time account's depth, in reservation depths (see [`Pacer::emit`]).
 const EMISSION_DEPTHS: f64 = 2.0;
@@ -80,11 +80,6 @@ impl Pacer {
         state.paid = shift(now, -tokens.min(state.depth) / rate);
         let emitted = (signed_secs(now, state.emitted) * old_rate).min(old_depth);
         state.emitted = shift(now, -emitted.min(state.depth) / rate);
-    }
-
-    /// The most one reservation takes: the depth, capped at [`MAX_SLICE`].
-    pub fn slice(&self) -> usize {
-        slice_of(self.lock().depth)
     }
 
     /// Books up to `want` bytes (at most a slice) at `now`; returns the bytes
@@ -215,7 +210,6 @@ mod tests {
     fn a_full_bucket_gives_its_depth_then_paces() {
         let start = Instant::now();
         let pacer = pacer(start);
-        assert_eq!(pacer.slice(), 10_000);
         assert_eq!(pacer.reserve(start, 1 << 20), (10_000, start));
         assert_eq!(pacer.reserve(start, 1 << 20), (10_000, start + MS));
         let grants = simulate(&pacer, start + MS, 1, 10_000, Duration::ZERO, Duration::from_secs(1));
@@ -314,11 +308,10 @@ mod tests {
         pacer.reserve(start, 10_000);
         pacer.set_bits_per_second(40e6, start);
         assert_eq!(pacer.bits_per_second(), 40e6);
-        assert_eq!(pacer.slice(), 5_000);
-        // Empty bucket: 5 kB at 5 kB/ms takes one millisecond.
-        assert_eq!(pacer.reserve(start, 5_000), (5_000, start + MS));
+        // Empty bucket: a slice is now 5 kB, at 5 kB/ms one millisecond away.
+        assert_eq!(pacer.reserve(start, 1 << 20), (5_000, start + MS));
         // A low rate keeps a depth of one frame.
         pacer.set_bits_per_second(1e6, start);
-        assert_eq!(pacer.slice(), 1500);
+        assert_eq!(pacer.reserve(start, 1 << 20).0, 1500);
     }
 }

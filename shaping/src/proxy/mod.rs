@@ -72,7 +72,6 @@ pub enum ShaperError {
 /// The running proxy.
 #[derive(Debug)]
 pub struct Shaper {
-    addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -87,6 +86,7 @@ impl Shaper {
                 addr: config.listen,
                 source,
             })?;
+        // With port 0 the kernel picks one; log the one actually bound.
         let addr = listener.local_addr().unwrap_or(config.listen);
         let state = Arc::new(State::new(config).map_err(|source| ShaperError::Timer { source })?);
         let controller = Controller::new(&config.policy.0, config.dry_run);
@@ -113,12 +113,7 @@ impl Shaper {
             )),
         ];
         info!(listen = %addr, policies = config.policy.0.len(), dry_run = config.dry_run, "shaping proxy started");
-        Ok(Self { addr, shutdown, tasks })
-    }
-
-    /// The address it listens on (the kernel's pick when the port was 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        Ok(Self { shutdown, tasks })
     }
 
     /// Stops accepting, closes every tunnel, and waits (bounded) for them.
