@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 const MIN_DEPTH: f64 = 1500.0;
 
 /// The real-time account's depth, in reservation depths (see [`Pacer::emit`]).
-const EMISSION_DEPTHS: f64 = 2.0;
+const EMISSION_DEPTHS: f64 = 1.5;
 
 /// The largest slice one reservation takes. Keeps the connections of a fast
 /// policy interleaving, and matches the relay's buffer.
@@ -104,10 +104,10 @@ impl Pacer {
     /// before the bytes move, spreads them out again.
     pub fn emit(&self, now: Instant, bytes: usize) -> Option<Instant> {
         let mut state = self.lock();
-        // Twice as deep as the reservations: a connection that wakes up to a
-        // millisecond late (a busy host) keeps its turn instead of losing the
-        // tokens, and a descheduled process still releases at most two
-        // depths at once.
+        // Half as deep again as the reservations: a connection that wakes up
+        // to half a millisecond late (a busy host) keeps its turn instead of
+        // losing the tokens, and a descheduled process still releases at
+        // most one and a half depths at once.
         let full = shift(now, -EMISSION_DEPTHS * state.depth / state.rate);
         if state.emitted < full {
             state.emitted = full;
@@ -248,7 +248,8 @@ mod tests {
     }
 
     /// Six reservations that all came due while the process was not
-    /// running go out two depths, then one per millisecond, not together.
+    /// running go out one and a half depths, then one per millisecond, not
+    /// together.
     #[test]
     fn late_wakes_are_spread_out() {
         let start = Instant::now();
@@ -256,12 +257,13 @@ mod tests {
         let due: Vec<_> = (0..6).map(|_| pacer.reserve(start, 10_000)).collect();
         assert_eq!(due[5].1, start + 5 * MS);
         let late = start + 10 * MS;
+        // One and a half depths are there: one slice now, the next when the
+        // half missing has come in.
         assert_eq!(pacer.emit(late, 10_000), None);
-        assert_eq!(pacer.emit(late, 10_000), None);
-        assert_eq!(pacer.emit(late, 10_000), Some(late + MS), "nothing booked");
-        assert_eq!(pacer.emit(late + MS / 2, 10_000), Some(late + MS));
-        assert_eq!(pacer.emit(late + MS, 10_000), None);
-        assert_eq!(pacer.emit(late + MS, 10_000), Some(late + 2 * MS));
+        assert_eq!(pacer.emit(late, 10_000), Some(late + MS / 2), "nothing booked");
+        assert_eq!(pacer.emit(late + MS / 4, 10_000), Some(late + MS / 2));
+        assert_eq!(pacer.emit(late + MS / 2, 10_000), None);
+        assert_eq!(pacer.emit(late + MS / 2, 10_000), Some(late + 3 * MS / 2));
     }
 
     #[test]
