@@ -2,8 +2,9 @@
 # Installs what building hostwatch needs, and with --test what its test suite
 # and benchmarks start for real (Prometheus server and promtool, Alertmanager,
 # node_exporter, iproute2, ethtool, iperf3, Python with and without symbols,
-# py-spy) and the Debian packaging tools (dpkg-dev, the pinned cargo-deb).
-# Debian 12 / Ubuntu 22.04 or newer.
+# py-spy; and in a Python virtual environment the S3 server moto and the
+# clients boto3 and aws-cli) and the Debian packaging tools (dpkg-dev, the
+# pinned cargo-deb). Debian 12 / Ubuntu 22.04 or newer.
 # Idempotent and quick when everything is present. Packaged services are not
 # started by the install (a policy-rc.d guard), so a developer's machine does
 # not gain a Prometheus on :9090.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 packages=(build-essential pkg-config ca-certificates curl)
 if [[ "${1:-}" == "--test" ]]; then
-    packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 procps strace systemd openssl curl
+    packages+=(prometheus prometheus-node-exporter iproute2 ethtool iperf3 python3 python3-venv procps strace systemd openssl curl
         clang-19 llvm-19 libbpf-dev bpftool make python3-psutil util-linux
         prometheus-alertmanager dpkg-dev
         # The GIL tests: python3.11-dbg brings python3.11d (a full symbol
@@ -59,4 +60,17 @@ fi
 # pinned there; a cargo install, so after Rust.
 if [[ "${1:-}" == "--test" ]]; then
     "$(dirname "$0")/build-deb.sh" --install-tool
+fi
+
+# The S3 proxy's tests and benchmark: a real S3 server (moto) and the clients
+# people use (boto3, aws-cli), pinned, in a virtual environment of their own
+# (Debian's Python refuses pip installs into the system, PEP 668). The tests
+# find it at $HOSTWATCH_TEST_VENV, by default ~/.cache/hostwatch-test-venv.
+if [[ "${1:-}" == "--test" ]]; then
+    venv="${HOSTWATCH_TEST_VENV:-$HOME/.cache/hostwatch-test-venv}"
+    wanted=("moto[server]==5.2.1" "boto3==1.43.11" "awscli==1.45.11")
+    if ! "$venv/bin/python" -c 'import moto, boto3, awscli' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "${wanted[@]}"
+    fi
 fi

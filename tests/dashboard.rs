@@ -22,12 +22,7 @@ use support::{TempDir, repo_root, require_program};
 /// shrinks as those collectors land: once a name appears in a golden file or
 /// in README's metric table, `pending_names_have_not_landed` fails until it
 /// is removed here, and from then on the general check covers it.
-const PENDING: &[&str] = &[
-    // The shaping proxy.
-    "hostwatch_shaper_rate_bits_per_second",
-    "hostwatch_shaper_bytes_total",
-    "hostwatch_shaper_delay_seconds_total",
-];
+const PENDING: &[&str] = &[];
 
 /// Rows, by a word of their title, the issue asks for.
 const ROWS: &[&str] = &[

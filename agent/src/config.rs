@@ -25,6 +25,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub collectors: CollectorsConfig,
     pub compression: CompressionConfig,
+    pub shaping: hostwatch_shaping::proxy::Config,
 }
 
 /// `[agent]`.
@@ -192,6 +193,12 @@ mod tests {
         assert_eq!(
             error_of("[collectors.cpu]\nenabled = \"yes\"\n"),
             "t.toml:2:11: invalid type: string \"yes\", expected a boolean"
+        );
+        assert_eq!(
+            error_of(
+                "[shaping]\nenabled = true\n[[shaping.policy]]\nname = \"s3\"\nhosts = [\"*.s3.amazonaws.com\"]\nupload = \"1 Gbit\"\n"
+            ),
+            "t.toml:6:10: invalid rate \"1 Gbit\": unknown unit; write a number and one of bit, kbit, Mbit, Gbit, Tbit, such as \"12.5Gbit\""
         );
     }
 

@@ -1,5 +1,6 @@
 //! `hostwatch run`: the daemon's life cycle. Binds the endpoint, starts the
-//! scheduler and the configured compression tunnels, tells systemd when ready,
+//! scheduler, the configured compression tunnels and, when enabled, the
+//! shaping proxy, tells systemd when ready,
 //! reloads on SIGHUP, stops on SIGTERM or SIGINT within 2 s.
 //!
 //! Reads the config file (again on SIGHUP); needs the listen socket, the
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hostwatch_collectors::{ALL, HostPaths};
+use hostwatch_shaping::proxy::metrics::SOURCE as SHAPER_SOURCE;
+use hostwatch_shaping::proxy::{Publish, Shaper};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -96,6 +99,7 @@ impl Daemon {
         let mut compression = Compression::start(&self.config.compression);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let shaper = self.start_shaper(&shared).await?;
         info!(%listen, config = %cli::describe(self.path.as_deref()), version = cli::VERSION, "hostwatch started");
 
         tokio::spawn(systemd::supervise(Arc::clone(&shared)));
@@ -131,9 +135,24 @@ impl Daemon {
         let _ = stop.send(());
         compression.stop().await;
         scheduler.stop().await;
+        if let Some(shaper) = shaper {
+            shaper.stop().await;
+        }
         // The server drains for at most a second; this bound is a backstop.
         let _ = tokio::time::timeout(Duration::from_millis(1500), server).await;
         Ok(())
+    }
+
+    /// Starts the shaping proxy when `[shaping]` enables it; its metrics are
+    /// published in the store under their own source, like a collector's.
+    async fn start_shaper(&self, shared: &Arc<Shared>) -> anyhow::Result<Option<Shaper>> {
+        if !self.config.shaping.enabled {
+            return Ok(None);
+        }
+        let store = Arc::clone(shared);
+        let publish: Publish = Box::new(move |set| store.store.publish(SHAPER_SOURCE, set));
+        let shaper = Shaper::start(&self.config.shaping, Arc::clone(&shared.facts), publish).await?;
+        Ok(Some(shaper))
     }
 
     /// Applies the config file again, or keeps the running one when the new one
@@ -158,6 +177,10 @@ impl Daemon {
         }
         if new.agent != self.config.agent || new.http != self.config.http {
             warn!("changes to [agent] and [http] take effect at the next restart");
+        }
+        // Restarting the proxy would cut every transfer in flight.
+        if new.shaping != self.config.shaping {
+            warn!("changes to [shaping] take effect at the next restart");
         }
         scheduler.stop().await;
         let enabled: Vec<&str> = ALL

@@ -5,4 +5,7 @@
 //! would do in dry-run, and undoes what it changed when the agent stops. It
 //! reads the host only through what collectors published
 //! (`hostwatch_collectors::facts::HostFacts`: ENA allowance drops, bursts).
+pub mod bucket;
+pub mod proxy;
+pub mod timer;
 pub mod tunnel;

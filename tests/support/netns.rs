@@ -53,6 +53,13 @@ pub struct TestNet {
 }
 
 impl TestNet {
+    /// `program args` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, program]);
+        command
+    }
+
     pub fn new(tag: &str) -> Self {
         let id = std::process::id();
         let n = (id % 200) + 20;

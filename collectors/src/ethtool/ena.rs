@@ -259,6 +259,13 @@ impl Ena {
         }
         self.totals[..ALLOWANCES.len()].iter().sum()
     }
+
+    /// The `bw_in`, `bw_out` and `pps` allowance-exceeded totals (the first
+    /// three of [`ALLOWANCES`]): the drops that mean the host sends or
+    /// receives too much, which the shaper reacts to.
+    pub fn traffic_exceeded(&self) -> [u64; 3] {
+        [self.totals[0], self.totals[1], self.totals[2]]
+    }
 }
 
 /// Whether a driver version like "2.8.1g" or "1.2.0k" is older than `wanted`.

@@ -146,6 +146,7 @@ impl Collector for Ethtool {
         }
         let mut first_error = None;
         let mut allowance_exceeded = 0;
+        let mut traffic_exceeded = [0u64; 3];
         for (name, has_device) in &self.listing {
             if (self.select_devices && !has_device) || !self.selector.selects(name) {
                 continue;
@@ -177,6 +178,9 @@ impl Collector for Ethtool {
             out.push(&REJECTED, &[name], interface.rejected as f64);
             if interface.stats.driver == "ena" {
                 allowance_exceeded += interface.ena.collect(name, &interface.stats, self.per_queue, out);
+                for (sum, total) in traffic_exceeded.iter_mut().zip(interface.ena.traffic_exceeded()) {
+                    *sum += total;
+                }
             }
             if let Some(pattern) = &self.raw_stats {
                 if interface.raw_generation != Some(interface.stats.generation) {
@@ -203,6 +207,7 @@ impl Collector for Ethtool {
         }
         self.interfaces.retain(|interface| interface.listed);
         self.facts.set_allowance_exceeded(allowance_exceeded);
+        self.facts.set_ena_exceeded(traffic_exceeded);
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -206,6 +206,30 @@ fn counter_resets_keep_totals_monotonic_and_are_counted_once() {
     assert_eq!(set.get("hostwatch_ena_resets_total", &["eth0"]), Some(1.0));
 }
 
+/// The shaper's congestion signals: reset-aware totals per kind, summed
+/// over interfaces.
+#[test]
+fn traffic_allowance_drops_reach_the_host_facts() {
+    let tree = TempTree::new(&[
+        ("eth0/driver", DRIVER),
+        ("eth0/statistics", &ena_stats(100, 40, "")),
+        ("eth1/driver", DRIVER),
+        ("eth1/statistics", &ena_stats(5, 0, "")),
+    ]);
+    let context = Context::new(
+        Default::default(),
+        config(|c| c.fixtures = Some(tree.root().to_path_buf())),
+    );
+    let mut collector = (SPEC.build)(&context).expect("builds");
+    collect(collector.as_mut());
+    let congestion = context.facts.congestion();
+    assert_eq!((congestion.bw_in_exceeded, congestion.pps_exceeded), (105, 40));
+    // A reset of eth0 does not make the signal go back.
+    tree.write("eth0/statistics", &ena_stats(2, 40, ""));
+    collect(collector.as_mut());
+    assert_eq!(context.facts.congestion().bw_in_exceeded, 107);
+}
+
 #[test]
 fn a_statistics_set_that_changes_size_is_followed() {
     let tree = TempTree::new(&[

@@ -18,7 +18,8 @@
 //! `hostwatch_net_burst_threshold_bits_per_second`, `hostwatch_net_slots_lost_total`,
 //! `hostwatch_net_burst_contributor_bytes_total`, `hostwatch_net_recordings_total`,
 //! `hostwatch_net_recording_failures_total`; and the documents `bursts` (recent
-//! burst events), `netslots` (the last second per millisecond) and
+//! burst events), `netslots` (the last second per millisecond, with the
+//! millisecond it ends at) and
 //! `recordings` (the flight recorder's files) for `GET /debug/...`.
 
 mod attribution;
@@ -481,6 +482,9 @@ impl NetBurst {
             }
         }
         let mut attributed = [[false; 2]; NET_MAX_IFACES as usize];
+        let transmitted = self.ended.iter().filter(|(_, d, _)| *d == Direction::Transmit).count();
+        self.facts
+            .add_bursts((self.ended.len() - transmitted) as u64, transmitted as u64);
         for &(id, direction, burst) in &self.ended {
             let index = id as u32 * 2 + direction.index();
             let contributors = self.attribution.top(index, self.config.event_contributors);
@@ -540,6 +544,9 @@ impl NetBurst {
             interface: &'a str,
             direction: Direction,
             threshold_bits_per_second: f64,
+            /// The collector's millisecond clock just after the last slot:
+            /// lets a reader join successive documents without gaps or overlaps.
+            end_ms: u64,
             bytes_per_ms: &'a [Option<u32>],
         }
         let mut all = Vec::new();
@@ -562,6 +569,7 @@ impl NetBurst {
                 interface,
                 direction: *direction,
                 threshold_bits_per_second: *threshold_bits_per_second,
+                end_ms: now_ms,
                 bytes_per_ms: bytes,
             });
         }
