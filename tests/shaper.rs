@@ -86,6 +86,7 @@ fn proxy_agent(dir: &TempDir, net: &TestNet) -> (Agent, u16) {
         "hostwatch.toml",
         &format!(
             "[collectors.netburst]\ninclude = \"{host}\"\nrecord = false\n\
+             [collectors.python]\nenabled = false\n[collectors.stalls]\nenabled = false\n\
              [shaping]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
              [[shaping.policy]]\nname = \"s3\"\nhosts = [\"{there}\"]\ndownload = \"{rate}bit\"\nupload = \"{rate}bit\"\n",
             host = net.host,
