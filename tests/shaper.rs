@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -522,24 +523,27 @@ fn adaptive_dry_run_only_says_what_it_would_do() {
 // Loopback: forwarding, tunnels, bad input, limits, life cycle (no root).
 
 /// An upstream that streams bytes to every connection until it goes away
-/// (at most 256 MiB each).
-fn streaming_upstream() -> u16 {
+/// (at most 256 MiB each); says on the channel when a connection has gone.
+fn streaming_upstream() -> (u16, Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (gone, ended) = channel();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let gone = gone.clone();
             std::thread::spawn(move || {
                 let mut stream = stream;
                 let chunk = [0x5a_u8; 65536];
                 for _ in 0..4096 {
                     if stream.write_all(&chunk).is_err() {
+                        let _ = gone.send(());
                         return;
                     }
                 }
             });
         }
     });
-    port
+    (port, ended)
 }
 
 /// An upstream that echoes what it receives.
@@ -635,7 +639,7 @@ fn tunnel(port: u16, target: u16) -> TcpStream {
 #[test]
 fn tunnels_and_forwarding_are_paced_on_loopback() {
     let dir = TempDir::new("shaper-loopback");
-    let stream = streaming_upstream();
+    let (stream, _) = streaming_upstream();
     let (http, heads) = http_upstream(4 << 20);
     let (agent, port) = loopback_agent(&dir, &[stream, http], "");
 
@@ -685,7 +689,7 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
 #[test]
 fn bad_input_is_refused_and_the_proxy_carries_on() {
     let dir = TempDir::new("shaper-bad");
-    let stream = streaming_upstream();
+    let (stream, _) = streaming_upstream();
     let echo = echo_upstream();
     let closed = free_port();
     let (agent, port) = loopback_agent(&dir, &[stream, echo, closed], "header_timeout = \"1s\"");
@@ -837,4 +841,93 @@ fn the_proxy_is_off_by_default_and_stops_with_the_agent() {
     assert!(closed, "the tunnel outlived the agent");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(agent.logs().contains("shaping proxy stopped"));
+}
+
+/// The BPF programs a process holds, as `bpftool prog show` lists them.
+fn bpf_programs_of(pid: u32) -> usize {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            p["pids"]
+                .as_array()
+                .is_some_and(|pids| pids.iter().any(|owner| owner["pid"] == pid))
+        })
+        .count()
+}
+
+#[test]
+fn kill_9_while_shaping_then_restart() {
+    let dir = TempDir::new("shaper-kill");
+    let (stream, ended) = streaming_upstream();
+    let (mut agent, port) = loopback_agent(&dir, &[stream], "");
+    let mut client = tunnel(port, stream);
+    let mut flowing = vec![0u8; 1 << 20];
+    client.read_exact(&mut flowing).unwrap();
+    let pid = agent.pid();
+    // Root: the eBPF collectors hold programs too; none may outlive the agent.
+    let holds_bpf = is_root() && bpf_programs_of(pid) > 0;
+
+    agent.signal("KILL");
+    let killed = Instant::now();
+    assert!(
+        agent.wait_exit(Duration::from_secs(2)).is_some(),
+        "kill -9 did not end the agent"
+    );
+
+    // Not black-holed: the client's tunnel ends at once (EOF or reset, after
+    // whatever was in flight) instead of hanging until its read timeout...
+    let mut buf = vec![0u8; 65536];
+    let end = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(error) => break Some(error.kind()),
+        }
+    };
+    assert!(
+        !matches!(end, Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the tunnel hung after the agent died: {end:?}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "the tunnel took {:?} to end",
+        killed.elapsed()
+    );
+    // ... the upstream's side of it is closed too, not left half-open...
+    ended
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the upstream connection outlived the agent");
+    // ... and new clients are refused, not left waiting, while it is down.
+    let refused = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1));
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    if holds_bpf {
+        wait_for(
+            Duration::from_secs(5),
+            || bpf_programs_of(pid) == 0,
+            "the killed agent's BPF programs released",
+        );
+    }
+
+    // Restarted on the same config: it takes the same port back although
+    // the killed agent's connections are in TIME_WAIT, and shapes again.
+    let config = dir.join("hostwatch.toml");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
+    agent.wait_ready();
+    assert!(
+        agent.logs().contains("shaping proxy started"),
+        "the restarted agent did not take the proxy port back:\n{}",
+        agent.logs()
+    );
+    let mut client = tunnel(port, stream);
+    client.read_exact(&mut flowing).unwrap();
+    wait_for(
+        Duration::from_secs(3),
+        || value(&agent.metrics(), "hostwatch_shaper_connections_total{policy=\"local\"}") == Some(1.0),
+        "the new tunnel counted by the restarted proxy",
+    );
 }

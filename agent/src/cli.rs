@@ -130,7 +130,7 @@ pub fn doctor(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (report, ok) = crate::doctor::report(&config.collectors, &args.paths());
+    let (report, ok) = crate::doctor::report(&config, &args.paths());
     print!("config {}\n{report}", describe(path.as_deref()));
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

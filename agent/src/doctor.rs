@@ -3,15 +3,23 @@
 //!
 //! Reads the kernel's version, BTF, tracefs and the process's capabilities,
 //! then builds each enabled collector and collects once, exactly as the agent
-//! would (each under a timeout, so a hung probe cannot hang the doctor).
-//! Needs what the collectors need; run it as the agent's user.
+//! would (each under a timeout, so a hung probe cannot hang the doctor), and
+//! binds the shaping proxy's and the tunnels' addresses for a moment to see
+//! whether the agent could. Needs what the collectors need; run it as the
+//! agent's user.
 
 use std::fmt::Write as _;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hostwatch_collectors::{ALL, CollectorSpec, CollectorsConfig, Context, HostPaths, MetricSet, Unavailable};
+use hostwatch_collectors::{ALL, CollectorSpec, Context, HostPaths, MetricSet, Unavailable};
+use hostwatch_shaping::proxy::Config as ShapingConfig;
+use hostwatch_shaping::tunnel::config::{CompressionConfig, Side};
+
+use crate::config::Config;
 
 /// How long one collector may take to build and collect once.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,8 +41,9 @@ enum Outcome {
     Hung,
 }
 
-/// The report, and whether every enabled collector can run.
-pub fn report(config: &CollectorsConfig, paths: &HostPaths) -> (String, bool) {
+/// The report, and whether everything enabled can run.
+pub fn report(full: &Config, paths: &HostPaths) -> (String, bool) {
+    let config = &full.collectors;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -104,7 +113,83 @@ pub fn report(config: &CollectorsConfig, paths: &HostPaths) -> (String, bool) {
             }
         }
     }
+    all_ok &= actuators(&mut out, &full.shaping, &full.compression);
     (out, all_ok)
+}
+
+/// The shaping proxy and the compression tunnels: off, or whether the
+/// addresses they listen on can be had.
+fn actuators(out: &mut String, shaping: &ShapingConfig, compression: &CompressionConfig) -> bool {
+    let _ = writeln!(out, "ACTUATORS");
+    let mut ok = true;
+    if shaping.enabled {
+        let policies: Vec<String> = shaping
+            .policy
+            .0
+            .iter()
+            .map(|p| {
+                let adaptive = if p.adaptive.enabled { ", adaptive" } else { "" };
+                format!("{}{adaptive}", p.name)
+            })
+            .collect();
+        let mode = if shaping.dry_run {
+            " in dry run (measures, never delays)"
+        } else {
+            ""
+        };
+        ok &= listen(
+            out,
+            &format!("shaping proxy{mode}, policies: {}", policies.join(", ")),
+            shaping.listen,
+        );
+    } else {
+        let _ = writeln!(out, "  off   shaping proxy (disabled in the config)");
+    }
+    let mut tunnels = 0;
+    for tunnel in compression.tunnel.iter() {
+        tunnels += 1;
+        let side = match tunnel.side {
+            Side::Client => "client",
+            Side::Server => "server",
+        };
+        ok &= listen(
+            out,
+            &format!("tunnel {} ({side}, on to {})", tunnel.name, tunnel.connect),
+            tunnel.listen,
+        );
+    }
+    if tunnels == 0 {
+        let _ = writeln!(out, "  off   compression tunnels (none configured)");
+    }
+    ok
+}
+
+/// Binds `addr` for a moment. In use is no failure: it is most often this
+/// host's running agent.
+fn listen(out: &mut String, what: &str, addr: SocketAddr) -> bool {
+    match TcpListener::bind(addr) {
+        Ok(_) => {
+            let _ = writeln!(out, "  ok    {what}: {addr} free to listen on");
+            true
+        }
+        Err(error) if error.kind() == ErrorKind::AddrInUse => {
+            let _ = writeln!(
+                out,
+                "  info  {what}: {addr} in use, by the running agent or another program; \
+                 `ss -ltnp 'sport = :{}'` tells which",
+                addr.port()
+            );
+            true
+        }
+        Err(error) => {
+            let _ = writeln!(out, "  FAIL  {what}: cannot listen on {addr}: {error}");
+            let _ = writeln!(
+                out,
+                "        remedy: an address of this host, and a port above 1023 unless the agent holds CAP_NET_BIND_SERVICE"
+            );
+            false
+        }
+    }
 }
 
 fn line(out: &mut String, ok: bool, what: &str, remedy: Option<&str>) {
@@ -174,6 +259,15 @@ fn details(out: &mut String, collector: &str, set: &MetricSet) {
                         labels[0]
                     )
                 }
+                ("python", "hostwatch_python_target_info") => {
+                    format!(
+                        "Python {}: GIL probes in {} mode on {}",
+                        labels[0], labels[1], labels[2]
+                    )
+                }
+                ("python", "hostwatch_python_unprobed_processes") if series.value() > 0.0 => {
+                    format!("{} Python processes not probed: {}", series.value(), labels[0])
+                }
                 ("netburst", "hostwatch_net_burst_threshold_bits_per_second") => {
                     format!(
                         "counting {} {} per millisecond, burst threshold {} bit/s",
@@ -202,8 +296,8 @@ mod tests {
 
     #[test]
     fn a_host_without_procfs_fails_with_remedies() {
-        let mut config = CollectorsConfig::default();
-        config.pressure.enabled = false;
+        let mut config = Config::default();
+        config.collectors.pressure.enabled = false;
         let (text, ok) = report(&config, &HostPaths::new("/nonexistent/proc", "/nonexistent/sys"));
         assert!(!ok);
         assert!(
@@ -219,5 +313,42 @@ mod tests {
             text.contains("  ok    process"),
             "the agent's own process is always there: {text}"
         );
+    }
+
+    #[test]
+    fn actuators_say_whether_their_addresses_can_be_had() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let config: Config = toml::from_str(&format!(
+            "[shaping]\nenabled = true\nlisten = \"{}\"\n\
+             [[shaping.policy]]\nname = \"s3\"\nhosts = [\"*.amazonaws.com\"]\ndownload = \"1Gbit\"\n\
+             [[compression.tunnel]]\nname = \"logs\"\nside = \"client\"\nlisten = \"127.0.0.1:0\"\nconnect = \"10.0.0.2:7000\"\n\
+             [[compression.tunnel]]\nname = \"elsewhere\"\nside = \"server\"\nlisten = \"192.0.2.1:7000\"\nconnect = \"127.0.0.1:9000\"\n",
+            held.local_addr().unwrap()
+        ))
+        .unwrap();
+        let mut out = String::new();
+        assert!(!actuators(&mut out, &config.shaping, &config.compression), "{out}");
+        let port = held.local_addr().unwrap().port();
+        assert!(
+            out.contains(&format!("  info  shaping proxy, policies: s3: 127.0.0.1:{port} in use")),
+            "a port the running agent holds is no failure: {out}"
+        );
+        assert!(
+            out.contains("  ok    tunnel logs (client, on to 10.0.0.2:7000): 127.0.0.1:0 free"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  FAIL  tunnel elsewhere (server, on to 127.0.0.1:9000): cannot listen on 192.0.2.1:7000"),
+            "an address this host does not have fails: {out}"
+        );
+
+        let mut out = String::new();
+        assert!(actuators(
+            &mut out,
+            &Config::default().shaping,
+            &Config::default().compression
+        ));
+        assert!(out.contains("  off   shaping proxy (disabled in the config)"), "{out}");
+        assert!(out.contains("  off   compression tunnels (none configured)"), "{out}");
     }
 }

@@ -9,11 +9,11 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Milliseconds of history kept per series.
 pub const HISTORY_MS: usize = 60_000;
@@ -21,6 +21,10 @@ pub const HISTORY_MS: usize = 60_000;
 pub const AROUND_MS: u64 = 5_000;
 /// After a write error, recording pauses this long before it tries again.
 const PAUSE_AFTER_ERROR_MS: u64 = 60_000;
+/// A partial file older than this was left by an agent killed mid-write; a
+/// younger one may still be the previous collector's (a reload builds a new
+/// recorder while the old one can be writing).
+const STALE_PARTIAL: Duration = Duration::from_secs(10);
 
 /// Bytes per millisecond of one series over the last minute. A lost
 /// millisecond is `u32::MAX`; a millisecond busier than 4 GiB saturates.
@@ -133,7 +137,9 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Also removes what a killed agent left half-written in the directory.
     pub fn new(limits: Limits) -> Self {
+        remove_stale_partials(&limits.dir);
         Self {
             limits,
             pending: Vec::new(),
@@ -262,6 +268,26 @@ impl Recorder {
     }
 }
 
+/// Reconciles a crash: `kill -9` between write and rename leaves a
+/// `.json.partial` that no rotation would ever count or remove.
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= STALE_PARTIAL));
+        if entry.file_name().to_string_lossy().ends_with(".json.partial") && stale {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => info!(file = %entry.path().display(), "removed a recording left half-written"),
+                Err(error) => {
+                    warn!(file = %entry.path().display(), %error, "cannot remove a recording left half-written")
+                }
+            }
+        }
+    }
+}
+
 /// One recording on disk, as `GET /debug/recordings` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordingFile {
@@ -355,6 +381,34 @@ mod tests {
         recorder.flush(30_000, describe);
         assert_eq!(recorder.written(), 3);
         assert_eq!(list(&limits(&tree, 2)).unwrap().len(), 2, "rotated to the newest two");
+    }
+
+    #[test]
+    fn a_killed_agents_partial_file_is_removed_at_start() {
+        let tree = TempTree::new(&[
+            ("recordings/1-eth0-transmit-burst.json.partial", "{\"interf"),
+            ("recordings/2-eth0-transmit-burst.json.partial", "{\"interf"),
+            ("recordings/3-eth0-transmit-burst.json", "{}"),
+        ]);
+        let dir = tree.root().join("recordings");
+        let old = SystemTime::now() - STALE_PARTIAL * 2;
+        fs::File::options()
+            .write(true)
+            .open(dir.join("1-eth0-transmit-burst.json.partial"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        Recorder::new(limits(&tree, 8));
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["2-eth0-transmit-burst.json.partial", "3-eth0-transmit-burst.json"],
+            "the stale partial goes; one being written now and complete recordings stay"
+        );
     }
 
     #[test]
