@@ -5,9 +5,13 @@
 //! `kernel.kptr_restrict=0` and CAP_SYSLOG): otherwise every address reads 0.
 //! Only the ranges of watched functions are kept (a few dozen), not the
 //! 100 000+ symbols, so a sample's lookup is a binary search in a tiny table.
+//! The file (5 MB here) is read a line at a time: holding it whole left
+//! megabytes in the allocator's per-thread arenas at every build.
 //! The compiler splits and clones functions into `NAME.part.N`,
 //! `NAME.constprop.N`, `NAME.isra.N` and `NAME.cold`: each counts as `NAME`.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use crate::error::Unavailable;
@@ -35,24 +39,31 @@ pub fn base_name(symbol: &str) -> &str {
 impl Watched {
     /// Reads `path` (kallsyms' format) and keeps the ranges of `watch`.
     pub fn load(path: &Path, watch: &[String]) -> Result<Self, Unavailable> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| Unavailable::new(format!("cannot read {}: {error}", path.display())))?;
-        let watched = Self::parse(&text, watch);
-        if !text.is_empty() && watched.all_hidden {
+        let unreadable = |error: std::io::Error| Unavailable::new(format!("cannot read {}: {error}", path.display()));
+        let file = File::open(path).map_err(unreadable)?;
+        let parsed = Self::parse(BufReader::with_capacity(64 * 1024, file), watch).map_err(unreadable)?;
+        if parsed.symbols > 0 && parsed.all_hidden {
             return Err(Unavailable::new(format!(
                 "{} shows every address as 0 (needs root, or kernel.kptr_restrict=0 with CAP_SYSLOG)",
                 path.display()
             )));
         }
-        Ok(watched.watched)
+        Ok(parsed.watched)
     }
 
-    fn parse(text: &str, watch: &[String]) -> Parsed {
+    fn parse(mut text: impl BufRead, watch: &[String]) -> std::io::Result<Parsed> {
         // Every text symbol's start: a function ends where the next one starts.
         let mut starts = Vec::new();
         let mut found = Vec::new();
         let mut all_hidden = true;
-        for line in text.lines() {
+        let mut symbols = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if text.read_line(&mut line)? == 0 {
+                break;
+            }
+            symbols += 1;
             let mut fields = line.split_ascii_whitespace();
             let (Some(address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
                 continue;
@@ -84,10 +95,11 @@ impl Watched {
             .collect();
         ranges.sort_unstable_by_key(|r| r.start);
         ranges.dedup_by_key(|r| r.start);
-        Parsed {
+        Ok(Parsed {
             watched: Self { ranges },
             all_hidden,
-        }
+            symbols,
+        })
     }
 
     /// The watch-list index of the function `address` is in, if watched.
@@ -107,6 +119,8 @@ impl Watched {
 struct Parsed {
     watched: Watched,
     all_hidden: bool,
+    /// Lines read: an empty file hides nothing.
+    symbols: usize,
 }
 
 #[cfg(test)]
@@ -150,7 +164,7 @@ ffffffffc0000400 t mem_cgroup_nr_lru_pages.isra.3\t[fake]
 
     #[test]
     fn addresses_inside_watched_functions_are_found() {
-        let parsed = Watched::parse(KALLSYMS, &watch());
+        let parsed = Watched::parse(KALLSYMS.as_bytes(), &watch()).unwrap();
         assert!(!parsed.all_hidden);
         let watched = parsed.watched;
         assert_eq!(watched.find(0xffffffff81771fd0), Some(0), "first byte");
@@ -173,6 +187,6 @@ ffffffffc0000400 t mem_cgroup_nr_lru_pages.isra.3\t[fake]
     #[test]
     fn hidden_addresses_mean_unavailable() {
         let hidden = "0000000000000000 T smap_gather_stats\n0000000000000000 t show_smap\n";
-        assert!(Watched::parse(hidden, &watch()).all_hidden);
+        assert!(Watched::parse(hidden.as_bytes(), &watch()).unwrap().all_hidden);
     }
 }

@@ -128,9 +128,11 @@ pub static SPEC: CollectorSpec = CollectorSpec {
                 paths.procfs().display()
             )));
         }
+        // The probe first: where it fails (every minute, on the hosts that
+        // cannot sample the kernel) nothing else is read.
+        perf::probe(paths.procfs())?;
         let watched = Watched::load(&paths.proc("kallsyms"), &config.watch.0)?;
         let cpus = online_cpus(paths)?;
-        perf::probe(paths.procfs())?;
         let samples = Perf::open(&cpus, config.frequency.0)?;
         Ok(Box::new(Hotspots::new(samples, watched, config, paths.clone())))
     },
