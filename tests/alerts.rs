@@ -77,33 +77,6 @@ const NOT_IN_GOLDEN: &[&str] = &[
     "hostwatch_net_headroom_ratio",
 ];
 
-/// Metric names in the golden outputs: `basic.prom` (a whole exposition) and
-/// the collectors' sample files (`ethtool-*.txt`); `# TYPE` names and sample
-/// names.
-fn golden_families() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(repo_root().join("tests/golden")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        names.extend(
-            text.lines()
-                .filter_map(|line| match line.strip_prefix("# TYPE ") {
-                    Some(rest) => rest.split(' ').next(),
-                    None if line.starts_with('#') => None,
-                    None => line.split(['{', ' ']).next(),
-                })
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned),
-        );
-    }
-    for expected in [
-        "hostwatch_collector_up",
-        "hostwatch_ena_allowance_exceeded_packets_total",
-    ] {
-        assert!(names.contains(expected), "golden files without {expected}: {names:?}");
-    }
-    names
-}
-
 /// The `hostwatch_*` identifiers in `text` that are not in `known`, with their
 /// line numbers.
 fn unknown_names(text: &str, known: &BTreeSet<String>) -> Vec<(usize, String)> {
@@ -117,7 +90,7 @@ fn unknown_names(text: &str, known: &BTreeSet<String>) -> Vec<(usize, String)> {
 }
 
 fn known_families() -> BTreeSet<String> {
-    let mut known = golden_families();
+    let mut known = support::golden_metric_names();
     known.extend(NOT_IN_GOLDEN.iter().map(|name| (*name).to_owned()));
     known
 }
@@ -179,7 +152,7 @@ fn the_name_check_catches_a_misspelled_family() {
 
 #[test]
 fn allowlist_holds_only_names_missing_from_golden() {
-    let golden = golden_families();
+    let golden = support::golden_metric_names();
     let landed: Vec<&&str> = NOT_IN_GOLDEN.iter().filter(|name| golden.contains(**name)).collect();
     assert!(
         landed.is_empty(),

@@ -123,35 +123,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Metric names in the golden outputs (`# TYPE` names and sample names).
-fn golden_names() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(repo_root().join("tests/golden")).unwrap() {
-        let path = entry.unwrap().path();
-        if !matches!(path.extension().and_then(|e| e.to_str()), Some("prom" | "txt")) {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        names.extend(
-            text.lines()
-                .filter_map(|line| match line.strip_prefix("# TYPE ") {
-                    Some(rest) => rest.split(' ').next(),
-                    None if line.starts_with('#') => None,
-                    None => line.split(['{', ' ']).next(),
-                })
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned),
-        );
-    }
-    for expected in [
-        "hostwatch_net_receive_bytes_total",
-        "hostwatch_ena_allowance_exceeded_packets_total",
-    ] {
-        assert!(names.contains(expected), "golden files without {expected}: {names:?}");
-    }
-    names
-}
-
 /// The families README's metric table names: the backquoted names in the
 /// first cell of each row.
 fn readme_names() -> BTreeSet<String> {
@@ -182,7 +153,7 @@ fn unknown(name: &str, golden: &BTreeSet<String>, documented: &BTreeSet<String>)
 }
 
 fn unknown_names(dashboard: &Value) -> Vec<(String, String)> {
-    let (golden, documented) = (golden_names(), readme_names());
+    let (golden, documented) = (support::golden_metric_names(), readme_names());
     expressions(dashboard)
         .into_iter()
         .flat_map(|(place, expr)| metric_names(&expr).into_iter().map(move |name| (place.clone(), name)))
@@ -238,7 +209,7 @@ fn metric_names_are_found_in_expressions() {
 /// still be used by the dashboard.
 #[test]
 fn pending_names_have_not_landed() {
-    let (golden, documented) = (golden_names(), readme_names());
+    let (golden, documented) = (support::golden_metric_names(), readme_names());
     let landed: Vec<&&str> = PENDING
         .iter()
         .filter(|name| golden.contains(**name) || documented.contains(**name))

@@ -124,11 +124,7 @@ fn readme_lists_every_metric() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let mut exposition = agent.metrics();
     // As root, the eBPF collectors run too, on the real host.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:\t0\t"));
-    if root {
+    if support::netns::is_root() {
         let ebpf = dir.write(
             "ebpf.toml",
             &format!(

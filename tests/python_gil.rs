@@ -15,19 +15,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::netns::is_root;
 use support::{Agent, TempDir, repo_root, value, wait_for};
 
 const SYMTAB_PYTHON: &str = "/usr/bin/python3.11d";
 const STRIPPED_PYTHON: &str = "/usr/bin/python3.11";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
-}
 
 /// An agent probing only the processes whose command line carries `tag`,
 /// collecting every 100 ms.

@@ -11,8 +11,7 @@ use std::process::Command;
 
 #[test]
 fn two_minute_soak() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    if !status.lines().any(|l| l.starts_with("Uid:\t0\t")) {
+    if !support::netns::is_root() {
         eprintln!("skipped: the soak creates interfaces and loads BPF programs, which needs root");
         return;
     }

@@ -16,16 +16,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::netns::is_root;
 use support::{Agent, Prometheus, TempDir, repo_root, require_program, value, wait_for};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
-}
 
 fn alerts_dir() -> PathBuf {
     repo_root().join("packaging/alerts")

@@ -1,5 +1,6 @@
-//! Test helpers: fixture roots under `tests/fixtures/<name>/{proc,sys}`, and
-//! small throwaway trees for cases the fixtures do not cover.
+//! Test helpers: fixture roots under `tests/fixtures/<name>/{proc,sys}`,
+//! small throwaway trees for cases the fixtures do not cover, and whether the
+//! root-only tests (BPF, perf, uprobes) can run.
 
 use std::fs;
 use std::path::PathBuf;
@@ -9,6 +10,16 @@ use crate::collector::{CollectorSpec, Context};
 use crate::config::CollectorsConfig;
 use crate::paths::HostPaths;
 use crate::sample::MetricSet;
+
+/// Whether this process's effective uid is root (`/proc/self/status`).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
 
 pub fn fixture_root(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -6,6 +6,7 @@
 
 pub mod netns;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -400,4 +401,36 @@ pub fn promtool_check(exposition: &str) {
         problems.join("\n"),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Metric names in the golden outputs (`tests/golden/*.prom`, a whole
+/// exposition, and the collectors' sample files `*.txt`): `# TYPE` names and
+/// sample names.
+pub fn golden_metric_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(repo_root().join("tests/golden")).unwrap() {
+        let path = entry.unwrap().path();
+        if !matches!(path.extension().and_then(|e| e.to_str()), Some("prom" | "txt")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        names.extend(
+            text.lines()
+                .filter_map(|line| match line.strip_prefix("# TYPE ") {
+                    Some(rest) => rest.split(' ').next(),
+                    None if line.starts_with('#') => None,
+                    None => line.split(['{', ' ']).next(),
+                })
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    for expected in [
+        "hostwatch_collector_up",
+        "hostwatch_net_receive_bytes_total",
+        "hostwatch_ena_allowance_exceeded_packets_total",
+    ] {
+        assert!(names.contains(expected), "golden files without {expected}: {names:?}");
+    }
+    names
 }

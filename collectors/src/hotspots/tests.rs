@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::config::CollectorsConfig;
-use crate::testing::TempTree;
+use crate::testing::{TempTree, is_root};
 
 /// Samples a test queues, (pid, tid, call chain), and a lost count.
 type Queue = (Vec<(u32, u32, Vec<u64>)>, u64);
@@ -165,15 +165,6 @@ fn hidden_kallsyms_is_unavailable() {
     let host = TempTree::new(&[("proc/kallsyms", "0000000000000000 T smap_gather_stats\n")]);
     let error = Watched::load(&host.paths().proc("kallsyms"), &["smap_gather_stats".to_owned()]).expect_err("hidden");
     assert!(error.reason.contains("every address as 0"), "{error}");
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
 }
 
 /// Real perf sampling: this thread's own kernel time (reading procfs in a
