@@ -2,7 +2,8 @@
 //! victim churning mmap/munmap over thousands of VMAs, a reader calling
 //! psutil's `memory_full_info()` on it (both in `tests/helpers/`), the real
 //! agent with its BPF programs and perf sampling, a real Prometheus
-//! evaluating the shipped alert's expression, and promtool on the rules.
+//! evaluating the shipped alert's expression (promtool checks the rules in
+//! `tests/alerts.rs`).
 //!
 //! Root tests (CI runs as root); tracefs must be mounted (packaging/test.sh
 //! mounts it) and Debian's python3 with python3-psutil installed.
@@ -114,26 +115,6 @@ fn wait_rate(agent: &Agent, process: &str, over: Duration) -> f64 {
     let (before, start) = (total(), Instant::now());
     std::thread::sleep(over);
     (total() - before) / start.elapsed().as_secs_f64()
-}
-
-fn promtool(args: &[&str]) {
-    let output = Command::new(require_program("promtool"))
-        .args(args)
-        .current_dir(alerts_dir())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "promtool {args:?}:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-#[test]
-fn alert_rules_pass_promtool_check_and_unit_tests() {
-    promtool(&["check", "rules", "stalls.rules.yml"]);
-    promtool(&["test", "rules", "stalls.rules.test.yml"]);
 }
 
 /// The storm: without the reader the victim barely waits and nothing fires;
