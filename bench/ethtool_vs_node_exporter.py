@@ -59,12 +59,13 @@ import http.client
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import free_port
 
 NETNS = "hwbench"
 VETHS = [f"hwb{i}" for i in range(8)]
@@ -109,12 +110,6 @@ class Veths:
         if os.path.exists(f"/run/netns/{NETNS}"):
             run("ip", "netns", "del", NETNS, check=False)
         self.created = False
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_sample(pid):

@@ -75,6 +75,8 @@ sys.stdin.readline()
 
 RELEASE_WORKER = r"""
 import os, sys, time
+
+from common import free_port
 warmup, seconds = float(sys.argv[1]), float(sys.argv[2])
 fd = os.open("/dev/zero", os.O_RDONLY)
 print("ready", flush=True)
@@ -89,14 +91,6 @@ while time.monotonic() < stop:
 print(calls, time.monotonic() - start, flush=True)
 sys.stdin.readline()
 """
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Agent:

@@ -49,6 +49,8 @@ import threading
 import time
 import urllib.request
 
+from common import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETNS, HOST_IF, HERE, THERE = "hwbenchs3", "hwbs3", "10.253.0.1", "10.253.0.2"
 VENV = os.environ.get("HOSTWATCH_TEST_VENV", os.path.expanduser("~/.cache/hostwatch-test-venv"))
@@ -74,12 +76,6 @@ def setup_netns():
     sh("ip", "-n", NETNS, "addr", "add", f"{THERE}/30", "dev", "peer0")
     sh("ip", "-n", NETNS, "link", "set", "peer0", "up")
     sh("ip", "-n", NETNS, "link", "set", "lo", "up")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(host, port, seconds=30):

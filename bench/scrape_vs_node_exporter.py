@@ -29,12 +29,13 @@ Needs: prometheus-node-exporter (packaging/install-deps.sh --test).
 import argparse
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from common import free_port, cpu_seconds, rss_bytes
 
 NODE_EXPORTER_ARGS = [
     "--collector.disable-defaults",
@@ -47,33 +48,6 @@ HOSTWATCH_CONFIG = """
 [collectors.cgroups]
 enabled = false
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """On-CPU time of all the process's threads, from schedstat (nanoseconds;
-    /proc/PID/stat counts in 10 ms ticks, too coarse for a short run)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass  # a thread that ended while we listed them
-    return total / 1e9
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 class Target:

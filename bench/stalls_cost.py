@@ -25,13 +25,14 @@ Usage (root): bench/stalls_cost.py [--hostwatch target/release/hostwatch]
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from common import free_port
 
 LOOPS = ["mmap", "open_tmp", "open_proc", "open_smaps", "getppid"]
 # Traced events per loop iteration, for the per-event column.
@@ -57,12 +58,6 @@ enabled = false
 [collectors.hotspots]
 enabled = false
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_agent(binary, workdir, port):

@@ -56,6 +56,8 @@ BUFFER = 64 << 20
 
 SINK = r"""
 import socket, sys, threading
+
+from common import free_port, cpu_seconds
 def serve(conn):
     total = 0
     buf = bytearray(1 << 20)
@@ -106,24 +108,6 @@ def veth_bytes():
         with open(f"/sys/class/net/{HOST_IF}/statistics/{counter}") as f:
             total += int(f.read())
     return total
-
-
-def cpu_seconds(pid):
-    """On-CPU seconds of all the process's threads (schedstat, nanoseconds)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass  # a thread that ended while we listed them
-    return total / 1e9
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:

@@ -1,0 +1,33 @@
+"""What the benchmark scripts share: a free loopback port, and a process's CPU
+time and resident memory read from /proc. Imported by the scripts beside it
+(`from common import ...`); not a script itself."""
+
+import os
+import socket
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """On-CPU time of all the process's threads, from schedstat (nanoseconds;
+    /proc/PID/stat counts in 10 ms ticks, too coarse for a short run)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that ended while we listed them
+    return total / 1e9
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
