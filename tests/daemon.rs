@@ -230,6 +230,17 @@ fn slow_clients_are_cut_off_and_excess_connections_refused() {
     std::thread::sleep(Duration::from_millis(100));
     let refused = agent.get("/metrics");
     assert_eq!(refused.status, 503);
+    // One that sends nothing gets its 503 all the same, once the wait for
+    // its request head is over.
+    let mut silent = TcpStream::connect(agent.addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = Vec::new();
+    let _ = silent.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     drop(holders);
     wait_for(
         Duration::from_secs(3),

@@ -114,11 +114,14 @@ pub async fn serve(
 
 /// Answers 503 to a connection beyond the limit. The request head is read
 /// (bounded) first: closing with unread data would reset the connection and
-/// the client would see an error instead of the 503.
+/// the client would see an error instead of the 503. A client that sends
+/// nothing in time still gets the 503: the wait for its head and the answer
+/// have a bound each.
 async fn refuse(mut stream: tokio::net::TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head).await;
+    const BOUND: Duration = Duration::from_millis(200);
+    let mut head = [0u8; 1024];
+    let _ = tokio::time::timeout(BOUND, stream.read(&mut head)).await;
+    let _ = tokio::time::timeout(BOUND, async {
         let _ = stream.write_all(BUSY).await;
         let _ = stream.shutdown().await;
     })
