@@ -91,6 +91,8 @@ pub fn report(full: &Config, paths: &HostPaths) -> (String, bool) {
         match probe(spec, &context) {
             Outcome::Ok(set) => {
                 let _ = writeln!(out, "  ok    {}", spec.name);
+                // What it hooks into: tracepoints, uprobes, perf events.
+                let _ = writeln!(out, "        uses {}", spec.needs);
                 details(&mut out, spec.name, &set);
             }
             Outcome::Down(unavailable) => {
@@ -310,7 +312,7 @@ mod tests {
         );
         assert!(text.contains("  off   pressure (disabled in the config)"), "{text}");
         assert!(
-            text.contains("  ok    process"),
+            text.contains("  ok    process\n        uses procfs: /proc/self (the agent's own process)\n"),
             "the agent's own process is always there: {text}"
         );
     }
