@@ -508,6 +508,21 @@ fn nanos(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+impl Drop for Python {
+    /// The probes go with the `gil` object; the kernel then releases each
+    /// uprobe under a global lock and a grace period, which an operator
+    /// waiting on a stop or reload should know is coming.
+    fn drop(&mut self) {
+        let processes = self.targets.len() + self.probes.detaching();
+        if processes > 0 {
+            info!(
+                processes,
+                "releasing the GIL probes; the kernel takes about half a second per process"
+            );
+        }
+    }
+}
+
 impl Collector for Python {
     fn collect(&mut self, out: &mut MetricSet) -> Result<(), CollectError> {
         let now = Instant::now();
