@@ -40,15 +40,32 @@ struct {
 	__type(value, __u64);
 } net_owner_bytes SEC(".maps");
 
+/* A first test before the exact lookup, so that a packet on an unwatched
+ * interface costs a few loads: the number of watched interfaces in any
+ * namespace whose ifindex & (HW_NET_FILTER - 1) is the index. Array lookups
+ * are inlined by the verifier; non-zero may be another interface's (another
+ * namespace, or an ifindex HW_NET_FILTER apart), so net_iface_ids decides. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HW_NET_FILTER);
+	__type(key, __u32);
+	__type(value, __u32);
+} net_iface_filter SEC(".maps");
+
 /* Fields are read by plain loads, not BPF_CORE_READ: the arguments are BTF
  * pointers, so the verifier turns the loads into exception-handled ones (a
  * NULL or bad pointer on the way reads as 0, as a failed probe read did),
  * where each probe read is a helper call costing tens of nanoseconds. */
 static __always_inline int series_of(struct net_device *dev, __u32 direction, __u32 *series)
 {
+	__u32 ifindex = dev->ifindex;
+	__u32 slot = ifindex & (HW_NET_FILTER - 1);
+	__u32 *watched = bpf_map_lookup_elem(&net_iface_filter, &slot);
+	if (!watched || !*watched)
+		return -1;
 	struct hw_net_iface key = {
 		.netns = dev->nd_net.net->ns.inum,
-		.ifindex = dev->ifindex,
+		.ifindex = ifindex,
 	};
 	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
 	if (!id)
