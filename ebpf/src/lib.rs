@@ -154,7 +154,13 @@ mod tests {
         maps.sort_unstable();
         assert_eq!(
             maps,
-            ["net_iface_filter", "net_iface_ids", "net_owner_bytes", "net_rings"]
+            [
+                "net_iface_filter",
+                "net_iface_ids",
+                "net_owner_bytes",
+                "net_pending",
+                "net_rings"
+            ]
         );
 
         let object = aya_obj::Object::parse(STALLS.bytes).expect("stalls parses");
