@@ -56,7 +56,9 @@ struct {
 /* The packet hw_net_owner saw last on this CPU and its series, for
  * hw_net_xmit: both run in xmit_one for the same packet, back to back with
  * bottom halves off, so the exact interface lookup is done once per packet
- * rather than twice. Pointers serve only as identities, never dereferenced. */
+ * rather than twice. The pointers serve only as identities, never
+ * dereferenced (keeping them in a map needs CAP_PERFMON, which these
+ * tracing programs need anyway). */
 struct hw_net_pending {
 	__u64 skb;
 	__u64 dev;
