@@ -20,7 +20,8 @@ Two measurements, as in the issue "eBPF pipeline and microburst detector":
    "lo|VETH", recordings in a temp dir, default threshold and interval.
    "without": no agent at all, so no BPF program of ours is attached.
    "hooks only": the same agent with an include that matches no interface:
-   the three programs attached, every packet's interface lookup a miss.
+   the three programs attached, every packet turned away by their
+   interface pre-filter.
    This is what every packet on a host's other interfaces pays (the hooks
    are global; include only decides what is counted).
    ROUNDS rounds; each runs the three states, all three paths in each, the
@@ -106,7 +107,7 @@ PEER = "hwnbp0"
 HERE = "10.252.0.1"
 THERE = "10.252.0.2"
 PREFIX = 30
-# An include that matches no interface: the hooks attached, every lookup a miss.
+# An include that matches no interface: the hooks attached, every packet turned away.
 UNWATCHED = "hwnbnone"
 STATES = ("without", "with", "hooks only")
 DATAGRAM = 64

@@ -6,11 +6,11 @@
  *
  * Hooks: tp_btf/net_dev_xmit (egress counts, the device from the BTF
  * argument: the classic tracepoint misattributes veth traffic),
- * tp_btf/net_dev_start_xmit (egress senders) and tp_btf/netif_receive_skb
+ * tp_btf/net_dev_start_xmit (egress senders, and the egress interface
+ * lookup handed on to net_dev_xmit) and tp_btf/netif_receive_skb
  * (ingress). Needs BTF and CAP_BPF + CAP_PERFMON.
  */
 #include "vmlinux.h"
-#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
@@ -41,11 +41,57 @@ struct {
 	__type(value, __u64);
 } net_owner_bytes SEC(".maps");
 
-static __always_inline int series_of(struct net_device *dev, __u32 direction, __u32 *series)
+/* A first test before the exact lookup, so that a packet on an unwatched
+ * interface costs a few loads: the number of watched interfaces in any
+ * namespace whose ifindex & (HW_NET_FILTER - 1) is the index. Array lookups
+ * are inlined by the verifier; non-zero may be another interface's (another
+ * namespace, or an ifindex HW_NET_FILTER apart), so net_iface_ids decides. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HW_NET_FILTER);
+	__type(key, __u32);
+	__type(value, __u32);
+} net_iface_filter SEC(".maps");
+
+/* The packet hw_net_owner saw last on this CPU and its series, for
+ * hw_net_xmit: both run in xmit_one for the same packet, back to back with
+ * bottom halves off, so the exact interface lookup is done once per packet
+ * rather than twice. The pointers serve only as identities, never
+ * dereferenced (keeping them in a map needs CAP_PERFMON, which these
+ * tracing programs need anyway). */
+struct hw_net_pending {
+	__u64 skb;
+	__u64 dev;
+	__u32 series;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hw_net_pending);
+} net_pending SEC(".maps");
+
+/* dev's ifindex if net_iface_filter lets it through, else 0 (never an
+ * interface's). Here and below, fields are read by plain loads, not
+ * BPF_CORE_READ: the arguments are BTF pointers, so the verifier turns the
+ * loads into exception-handled ones (a NULL or bad pointer on the way reads
+ * as 0, as a failed probe read did), where each probe read is a helper call
+ * costing tens of nanoseconds. */
+static __always_inline __u32 filtered(struct net_device *dev)
+{
+	__u32 ifindex = dev->ifindex;
+	__u32 slot = ifindex & (HW_NET_FILTER - 1);
+	__u32 *watched = bpf_map_lookup_elem(&net_iface_filter, &slot);
+	return watched && *watched ? ifindex : 0;
+}
+
+/* The exact lookup, for an interface the filter let through. */
+static __always_inline int series_of(struct net_device *dev, __u32 ifindex, __u32 direction, __u32 *series)
 {
 	struct hw_net_iface key = {
-		.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum),
-		.ifindex = BPF_CORE_READ(dev, ifindex),
+		.netns = dev->nd_net.net->ns.inum,
+		.ifindex = ifindex,
 	};
 	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
 	if (!id)
@@ -75,10 +121,20 @@ int BPF_PROG(hw_net_xmit, struct sk_buff *skb, int rc, struct net_device *dev, u
 {
 	/* Counted here, after the driver accepted the packet (rc 0): a packet
 	 * the driver pushes back is requeued and would count twice earlier. The
-	 * skb itself may already be consumed: use only `len` and `dev`. */
-	__u32 series;
-	if (rc != 0 || series_of(dev, HW_NET_TRANSMIT, &series))
+	 * skb itself may already be consumed: use only `len` and `dev`, and the
+	 * skb's address to recognise hw_net_owner's packet. */
+	__u32 zero = 0, series;
+	__u32 ifindex = rc == 0 ? filtered(dev) : 0;
+	if (!ifindex)
 		return 0;
+	struct hw_net_pending *pending = bpf_map_lookup_elem(&net_pending, &zero);
+	if (pending && pending->skb == (__u64)skb && pending->dev == (__u64)dev) {
+		pending->skb = 0;
+		series = pending->series;
+	} else if (series_of(dev, ifindex, HW_NET_TRANSMIT, &series)) {
+		/* Not hw_net_owner's packet (it missed a run), or not watched. */
+		return 0;
+	}
 	count(series, len);
 	return 0;
 }
@@ -86,22 +142,31 @@ int BPF_PROG(hw_net_xmit, struct sk_buff *skb, int rc, struct net_device *dev, u
 SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
 {
+	__u32 zero = 0, series;
+	__u32 ifindex = filtered(dev);
+	if (!ifindex || series_of(dev, ifindex, HW_NET_TRANSMIT, &series))
+		return 0;
+	struct hw_net_pending *pending = bpf_map_lookup_elem(&net_pending, &zero);
+	if (pending) {
+		pending->skb = (__u64)skb;
+		pending->dev = (__u64)dev;
+		pending->series = series;
+	}
 	/* Attributed here, before the driver takes the skb: its socket is
 	 * still attached. */
-	__u32 series;
-	struct sock *sk = BPF_CORE_READ(skb, sk);
-	if (!sk || series_of(dev, HW_NET_TRANSMIT, &series))
+	struct sock *sk = skb->sk;
+	if (!sk)
 		return 0;
 	/* The socket's cgroup is the sender's, always. The task on CPU is the
 	 * sender when the stack transmits in process context (most sends);
 	 * from softirq (qdisc dequeue, retransmit timers) it is whichever
 	 * task was interrupted, so userspace calls it a hint. */
 	struct hw_net_owner owner = {
-		.cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id),
+		.cgroup = sk->sk_cgrp_data.cgroup->kn->id,
 		.tgid = bpf_get_current_pid_tgid() >> 32,
 		.series = series,
 	};
-	__u64 len = BPF_CORE_READ(skb, len);
+	__u64 len = skb->len;
 	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
 	if (bytes) {
 		*bytes += len;
@@ -114,16 +179,16 @@ int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(hw_net_receive, struct sk_buff *skb)
 {
-	__u32 series;
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	if (!dev || series_of(dev, HW_NET_RECEIVE, &series))
+	__u32 series, ifindex;
+	struct net_device *dev = skb->dev;
+	if (!dev || !(ifindex = filtered(dev)) || series_of(dev, ifindex, HW_NET_RECEIVE, &series))
 		return 0;
 	/* The link-layer header is already pulled here; add it back so the
 	 * count matches the driver's (and /proc/net/dev's) byte count. */
-	__u32 len = BPF_CORE_READ(skb, len);
-	__u16 mac_header = BPF_CORE_READ(skb, mac_header);
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	unsigned char *data = BPF_CORE_READ(skb, data);
+	__u32 len = skb->len;
+	__u16 mac_header = skb->mac_header;
+	unsigned char *head = skb->head;
+	unsigned char *data = skb->data;
 	if (mac_header != (__u16)~0U && data > head + mac_header)
 		len += data - (head + mac_header);
 	count(series, len);

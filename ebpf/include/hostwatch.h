@@ -16,6 +16,11 @@
 /* Interfaces counted at once; userspace assigns each watched one an id. */
 #define HW_NET_MAX_IFACES 32
 
+/* Entries of net_iface_filter, indexed by ifindex & (HW_NET_FILTER - 1): each
+ * counts the watched interfaces (in any namespace) with that index. ifindexes
+ * are small and dense on a host, so a mask spreads them. A power of two. */
+#define HW_NET_FILTER 256
+
 #define HW_NET_RECEIVE 0
 #define HW_NET_TRANSMIT 1
 

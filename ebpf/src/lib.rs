@@ -152,7 +152,16 @@ mod tests {
             .filter(|m| !m.starts_with('.'))
             .collect();
         maps.sort_unstable();
-        assert_eq!(maps, ["net_iface_ids", "net_owner_bytes", "net_rings"]);
+        assert_eq!(
+            maps,
+            [
+                "net_iface_filter",
+                "net_iface_ids",
+                "net_owner_bytes",
+                "net_pending",
+                "net_rings"
+            ]
+        );
 
         let object = aya_obj::Object::parse(STALLS.bytes).expect("stalls parses");
         let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
@@ -212,11 +221,13 @@ mod tests {
 mod root_tests {
     use std::os::unix::fs::MetadataExt;
 
-    use aya::maps::{HashMap, PerCpuArray, RingBuf};
+    use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
     use aya::programs::{BtfTracePoint, TracePoint};
 
     use super::*;
-    use crate::maps::{MMAP_LOCK_MIN_WAIT_NS, MmapLockKey, MmapLockWait, NET_TRANSMIT, NetIface, NetRing, SmapsEvent};
+    use crate::maps::{
+        MMAP_LOCK_MIN_WAIT_NS, MmapLockKey, MmapLockWait, NET_FILTER, NET_TRANSMIT, NetIface, NetRing, SmapsEvent,
+    };
 
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
@@ -250,6 +261,8 @@ mod root_tests {
         let mut ids: HashMap<_, NetIface, u32> =
             HashMap::try_from(ebpf.map_mut("net_iface_ids").expect("map")).expect("hash");
         ids.insert(NetIface { netns, ifindex }, 0, 0).expect("insert");
+        let mut filter: Array<_, u32> = Array::try_from(ebpf.map_mut("net_iface_filter").expect("map")).expect("array");
+        filter.set(ifindex & (NET_FILTER - 1), 1, 0).expect("set");
 
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let target = socket.local_addr().expect("addr");

@@ -6,6 +6,9 @@
 pub const NET_RING: usize = 256;
 /// Interfaces counted at once (`HW_NET_MAX_IFACES`).
 pub const NET_MAX_IFACES: u32 = 32;
+/// Entries of `net_iface_filter` (`HW_NET_FILTER`), indexed by
+/// `ifindex & (NET_FILTER - 1)`: each counts the watched interfaces there.
+pub const NET_FILTER: u32 = 256;
 pub const NET_RECEIVE: u32 = 0;
 pub const NET_TRANSMIT: u32 = 1;
 

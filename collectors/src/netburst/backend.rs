@@ -9,8 +9,8 @@ use std::io;
 use std::path::PathBuf;
 
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
-use hostwatch_ebpf::maps::{NetIface, NetOwner, NetRing};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use hostwatch_ebpf::maps::{NET_FILTER, NetIface, NetOwner, NetRing};
 
 use crate::bpf::{Hook, load_and_attach, monotonic_ms};
 use crate::error::{CollectError, Unavailable};
@@ -38,6 +38,10 @@ pub struct BpfBackend {
     /// Holds the programs' links: dropping it detaches them.
     _ebpf: Ebpf,
     ids: HashMap<MapData, NetIface, u32>,
+    /// The programs' pre-filter: per `ifindex & (NET_FILTER - 1)`, how many
+    /// entries of `ids` have it. Never below that count, or a watched
+    /// interface would go uncounted; above it only costs an exact lookup.
+    filter: Array<MapData, u32>,
     rings: PerCpuArray<MapData, NetRing>,
     owners: PerCpuHashMap<MapData, NetOwner, u64>,
 }
@@ -56,10 +60,16 @@ impl BpfBackend {
             ebpf.take_map(name)
                 .ok_or_else(|| Unavailable::new(format!("BPF object netburst has no map {name}")))
         };
-        let (ids, rings, owners) = (take("net_iface_ids")?, take("net_rings")?, take("net_owner_bytes")?);
+        let (ids, filter, rings, owners) = (
+            take("net_iface_ids")?,
+            take("net_iface_filter")?,
+            take("net_rings")?,
+            take("net_owner_bytes")?,
+        );
         let typed = |error: aya::maps::MapError| Unavailable::new(format!("netburst maps: {error}"));
         Ok(Self {
             ids: HashMap::try_from(ids).map_err(typed)?,
+            filter: Array::try_from(filter).map_err(typed)?,
             rings: PerCpuArray::try_from(rings).map_err(typed)?,
             owners: PerCpuHashMap::try_from(owners).map_err(typed)?,
             _ebpf: ebpf,
@@ -67,13 +77,29 @@ impl BpfBackend {
     }
 }
 
+impl BpfBackend {
+    /// Adds `delta` to the filter entry of `iface`'s ifindex.
+    fn filter_add(&mut self, iface: NetIface, delta: i32) -> Result<(), CollectError> {
+        let slot = iface.ifindex & (NET_FILTER - 1);
+        let error = |e| map_error("net_iface_filter", e);
+        let watched = self.filter.get(&slot, 0).map_err(error)?;
+        self.filter
+            .set(slot, watched.saturating_add_signed(delta), 0)
+            .map_err(error)
+    }
+}
+
 impl Backend for BpfBackend {
+    // The filter entry is raised before the interface is added and lowered
+    // after it is removed, so it never undercounts, even for a packet between.
     fn watch(&mut self, iface: NetIface, id: u32) -> Result<(), CollectError> {
+        self.filter_add(iface, 1)?;
         self.ids.insert(iface, id, 0).map_err(|e| map_error("net_iface_ids", e))
     }
 
     fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError> {
-        self.ids.remove(&iface).map_err(|e| map_error("net_iface_ids", e))
+        self.ids.remove(&iface).map_err(|e| map_error("net_iface_ids", e))?;
+        self.filter_add(iface, -1)
     }
 
     fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError> {

@@ -1,6 +1,7 @@
 //! The netburst collector with a scripted backend: rings written by the test
-//! instead of the kernel. The BPF path itself is tested end to end, as root,
-//! in tests/netburst.rs.
+//! instead of the kernel; and, as root, the real backend's interface
+//! pre-filter. The BPF path itself is tested end to end, as root, in
+//! tests/netburst.rs.
 
 use std::sync::{Arc, Mutex};
 
@@ -244,4 +245,62 @@ fn thresholds_parse_strictly() {
     assert!(Threshold::parse("0%").is_err());
     assert!(Threshold::parse("2 Gbit").is_err());
     assert!(matches!(Threshold::parse("2Gbit"), Ok(Threshold::Rate(r)) if r.bits_per_second() == 2e9));
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
+
+/// The real backend's pre-filter counts interfaces per filter entry: removing
+/// one that shares loopback's entry (the same ifindex in another namespace,
+/// or an ifindex NET_FILTER apart) must not stop loopback being counted.
+#[test]
+fn unwatching_an_interface_that_shares_a_filter_entry_keeps_counting_the_other() {
+    if !is_root() {
+        eprintln!("skipped: loading BPF programs needs root (CAP_BPF, CAP_PERFMON)");
+        return;
+    }
+    let mut backend = BpfBackend::new().expect("netburst loads and attaches");
+    let netns = std::fs::metadata("/proc/self/ns/net").expect("netns").ino() as u32;
+    let ifindex: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+        .expect("lo")
+        .trim()
+        .parse()
+        .expect("number");
+    let lo = NetIface { netns, ifindex };
+    let elsewhere = NetIface {
+        netns: netns.wrapping_add(1),
+        ifindex,
+    };
+    let apart = NetIface {
+        netns,
+        ifindex: ifindex + hostwatch_ebpf::maps::NET_FILTER,
+    };
+    backend.watch(elsewhere, 0).expect("watch");
+    backend.watch(lo, 1).expect("watch");
+    backend.watch(apart, 2).expect("watch");
+    backend.unwatch(elsewhere).expect("unwatch");
+    backend.unwatch(apart).expect("unwatch");
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = socket.local_addr().expect("addr");
+    for _ in 0..100 {
+        socket.send_to(&[7u8; 1000], target).expect("send");
+    }
+    let mut rings = Vec::new();
+    for direction in [NET_TRANSMIT, NET_RECEIVE] {
+        backend.rings(2 + direction, &mut rings).expect("rings");
+        let packets: u64 = rings
+            .iter()
+            .flat_map(|ring| ring.packets.iter())
+            .map(|p| u64::from(*p))
+            .sum();
+        // 100 sent, perhaps with a little other loopback traffic.
+        assert!(packets >= 100, "direction {direction}: packets {packets}");
+    }
 }
