@@ -93,13 +93,14 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from common import free_port, cpu_seconds
 
 NETNS = "hwnbbench"
 VETH = "hwnb0"
@@ -126,12 +127,6 @@ def run(*argv, check=True):
 
 def quiet(*argv):
     return subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
 
 
 class Net:
@@ -248,18 +243,6 @@ def ksoftirqd_pids():
         except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
             pass
     return pids
-
-
-def cpu_seconds(pid):
-    """On-CPU seconds of all the process's threads (schedstat, nanoseconds)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass  # a thread that ended while we listed them
-    return total / 1e9
 
 
 def load1():
