@@ -589,13 +589,17 @@ fn http_upstream(size: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, heads)
 }
 
+/// The agent with the proxy on loopback. No GIL probes: the tests time the
+/// agent's stop, and the kernel takes half a second to release each Python
+/// process's probes (this host runs the test's own Python processes).
 fn loopback_agent(dir: &TempDir, ports: &[u16], extra: &str) -> (Agent, u16) {
     let port = free_port();
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let config = dir.write(
         "hostwatch.toml",
         &format!(
-            "[shaping]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmax_header_bytes = 2048\n\
+            "[collectors.python]\nenabled = false\n[collectors.stalls]\nenabled = false\n\
+             [shaping]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmax_header_bytes = 2048\n\
              ports = [{}]\n{extra}\n\
              [[shaping.policy]]\nname = \"local\"\nhosts = [\"127.0.0.1\"]\ndownload = \"80Mbit\"\nupload = \"80Mbit\"\n",
             ports.join(", ")

@@ -26,12 +26,16 @@ fn metrics_inside(net: &TestNet, agent: &Agent) -> String {
     net.get(agent.addr, "/metrics").text()
 }
 
-/// The agent config of one tunnel entry; the eBPF collector stays off so
-/// the agents cost what the tunnels cost.
+/// The agent config of one tunnel entry; the eBPF collectors stay off so the
+/// agents cost what the tunnels cost, and stop as fast as the tunnels do (the
+/// kernel takes half a second to release each Python process's GIL probes).
 fn tunnel_config(dir: &TempDir, file: &str, extra: &str, entry: &str) -> String {
     let path = dir.write(
         file,
-        &format!("[collectors.netburst]\nenabled = false\n\n{extra}\n[[compression.tunnel]]\n{entry}"),
+        &format!(
+            "[collectors.netburst]\nenabled = false\n[collectors.python]\nenabled = false\n\
+             [collectors.stalls]\nenabled = false\n\n{extra}\n[[compression.tunnel]]\n{entry}"
+        ),
     );
     path.to_str().unwrap().to_owned()
 }

@@ -39,16 +39,32 @@ pub fn base_name(symbol: &str) -> &str {
 impl Watched {
     /// Reads `path` (kallsyms' format) and keeps the ranges of `watch`.
     pub fn load(path: &Path, watch: &[String]) -> Result<Self, Unavailable> {
-        let unreadable = |error: std::io::Error| Unavailable::new(format!("cannot read {}: {error}", path.display()));
-        let file = File::open(path).map_err(unreadable)?;
-        let parsed = Self::parse(BufReader::with_capacity(64 * 1024, file), watch).map_err(unreadable)?;
+        let file = File::open(path).map_err(|error| unreadable(path, &error))?;
+        let parsed =
+            Self::parse(BufReader::with_capacity(64 * 1024, file), watch).map_err(|error| unreadable(path, &error))?;
         if parsed.symbols > 0 && parsed.all_hidden {
-            return Err(Unavailable::new(format!(
-                "{} shows every address as 0 (needs root, or kernel.kptr_restrict=0 with CAP_SYSLOG)",
-                path.display()
-            )));
+            return Err(hidden(path));
         }
         Ok(parsed.watched)
+    }
+
+    /// Whether `path` shows code addresses to this process, from its first
+    /// text symbol: the kernel hides all or none. Cheap, so it can come
+    /// before the perf probe and name the right reason (a permission) to a
+    /// user who is not root.
+    pub fn check_visible(path: &Path) -> Result<(), Unavailable> {
+        let file = File::open(path).map_err(|error| unreadable(path, &error))?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|error| unreadable(path, &error))?;
+            let mut fields = line.split_ascii_whitespace();
+            if let (Some(address), Some("t" | "T" | "w" | "W")) = (fields.next(), fields.next()) {
+                return match u64::from_str_radix(address, 16) {
+                    Ok(0) => Err(hidden(path)),
+                    _ => Ok(()),
+                };
+            }
+        }
+        Ok(())
     }
 
     fn parse(mut text: impl BufRead, watch: &[String]) -> std::io::Result<Parsed> {
@@ -116,6 +132,17 @@ impl Watched {
     }
 }
 
+fn unreadable(path: &Path, error: &std::io::Error) -> Unavailable {
+    Unavailable::new(format!("cannot read {}: {error}", path.display()))
+}
+
+fn hidden(path: &Path) -> Unavailable {
+    Unavailable::new(format!(
+        "{} shows every address as 0 (needs root, or kernel.kptr_restrict=0 with CAP_SYSLOG)",
+        path.display()
+    ))
+}
+
 struct Parsed {
     watched: Watched,
     all_hidden: bool,
@@ -126,6 +153,7 @@ struct Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempTree;
 
     /// Lines as this dev VM's kernel (6.18) prints them.
     const KALLSYMS: &str = "\
@@ -182,6 +210,21 @@ ffffffffc0000400 t mem_cgroup_nr_lru_pages.isra.3\t[fake]
         assert_eq!(watched.find(0), None);
         assert_eq!(watched.ranges_of(0), 1);
         assert_eq!(watched.ranges_of(3), 0);
+    }
+
+    #[test]
+    fn visibility_is_told_by_the_first_text_symbol() {
+        let tree = TempTree::new(&[
+            ("shown", KALLSYMS),
+            (
+                "hidden",
+                "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n",
+            ),
+        ]);
+        assert!(Watched::check_visible(&tree.root().join("shown")).is_ok());
+        let refused = Watched::check_visible(&tree.root().join("hidden")).expect_err("hidden");
+        assert!(refused.reason.contains("every address as 0"), "{refused}");
+        assert!(Watched::check_visible(&tree.root().join("absent")).is_err());
     }
 
     #[test]

@@ -128,10 +128,12 @@ pub static SPEC: CollectorSpec = CollectorSpec {
                 paths.procfs().display()
             )));
         }
-        // The probe first: where it fails (every minute, on the hosts that
-        // cannot sample the kernel) nothing else is read.
+        // Cheap checks first. Where they fail, every minute (the scheduler
+        // builds a down collector again), the 5 MB of kallsyms is not read.
+        let kallsyms = paths.proc("kallsyms");
+        Watched::check_visible(&kallsyms)?;
         perf::probe(paths.procfs())?;
-        let watched = Watched::load(&paths.proc("kallsyms"), &config.watch.0)?;
+        let watched = Watched::load(&kallsyms, &config.watch.0)?;
         let cpus = online_cpus(paths)?;
         let samples = Perf::open(&cpus, config.frequency.0)?;
         Ok(Box::new(Hotspots::new(samples, watched, config, paths.clone())))

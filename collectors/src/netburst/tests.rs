@@ -9,7 +9,7 @@ use hostwatch_ebpf::maps::{NET_RING, NetOwner};
 
 use super::*;
 use crate::config::CollectorsConfig;
-use crate::testing::TempTree;
+use crate::testing::{TempTree, is_root};
 
 #[derive(Default)]
 struct Kernel {
@@ -245,15 +245,6 @@ fn thresholds_parse_strictly() {
     assert!(Threshold::parse("0%").is_err());
     assert!(Threshold::parse("2 Gbit").is_err());
     assert!(matches!(Threshold::parse("2Gbit"), Ok(Threshold::Rate(r)) if r.bits_per_second() == 2e9));
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
 }
 
 /// The real backend's pre-filter counts interfaces per filter entry: removing
