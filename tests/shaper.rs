@@ -33,9 +33,12 @@ macro_rules! require_root {
     };
 }
 
-/// The limit the S3 tests pace at, and the object they move.
-const RATE: f64 = 200e6;
-const SIZE: u64 = 48 << 20;
+/// The limit the S3 tests pace at, and the object they move (2 s at the
+/// limit). Well below what moto and the Python clients reach over TLS on a
+/// 2-core VM (150 to 200 Mbit/s on a slow day), so that the proxy, not the
+/// server, sets the pace the test checks.
+const RATE: f64 = 100e6;
+const SIZE: u64 = 24 << 20;
 
 /// The Python environment `packaging/install-deps.sh --test` makes: moto,
 /// boto3 and aws-cli, pinned.
