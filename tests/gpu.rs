@@ -150,11 +150,15 @@ fn a_host_without_nvml_has_the_collector_down_with_the_reason() {
     assert!(!text.contains("hostwatch_gpu_"), "{text}");
     // Everything else runs.
     assert_eq!(value(&text, "hostwatch_collector_up{collector=\"cpu\"}"), Some(1.0));
-    let logs = agent.logs();
-    assert!(
-        logs.lines()
-            .any(|line| line.contains("collector cannot run on this host") && line.contains("\"collector\":\"gpu\"")),
-        "{logs}"
+    // The log line is read from the agent's stderr by another thread.
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            agent.logs().lines().any(|line| {
+                line.contains("collector cannot run on this host") && line.contains("\"collector\":\"gpu\"")
+            })
+        },
+        "the gpu collector logged as down",
     );
 }
 

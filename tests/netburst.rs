@@ -115,30 +115,50 @@ fn bursts_are_exact(ingress: bool) {
         "steady 40 Mbit/s is no burst at 200 Mbit/s"
     );
 
-    let report = send(
-        from,
-        &[
-            "bursts",
-            "--dst",
-            to,
-            "--count",
-            "20",
-            "--burst-ms",
-            "5",
-            "--gap-ms",
-            "100",
-        ],
-    );
+    // The pattern is sent again (at most twice more) when the generator says
+    // it was interrupted inside a burst: the wire then carried something
+    // other than 20 clean bursts, and the detector rightly says so.
+    let mut attempts = 0;
+    let (report, before) = loop {
+        attempts += 1;
+        let before = bursts(&net, &agent, direction);
+        let report = send(
+            from,
+            &[
+                "bursts",
+                "--dst",
+                to,
+                "--count",
+                "20",
+                "--burst-ms",
+                "5",
+                "--gap-ms",
+                "100",
+            ],
+        );
+        let interrupted = report["bursts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["longest_pause_ms"].as_f64().unwrap() > 0.5);
+        if !interrupted || attempts == 3 {
+            break (report, before);
+        }
+        eprintln!("the generator was interrupted inside a burst (attempt {attempts}): sending the pattern again");
+        std::thread::sleep(Duration::from_millis(300));
+    };
     wait_for(
         Duration::from_secs(3),
-        || bursts(&net, &agent, direction) >= 20.0,
+        || bursts(&net, &agent, direction) >= before + 20.0,
         "20 bursts",
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(bursts(&net, &agent, direction), 20.0, "exactly 20 bursts");
+    assert_eq!(bursts(&net, &agent, direction) - before, 20.0, "exactly 20 bursts");
 
-    let events = burst_events(&agent, &net.host, direction);
-    assert_eq!(events.len(), 20);
+    let all = burst_events(&agent, &net.host, direction);
+    assert!(all.len() >= 20, "{all:?}");
+    // Oldest first: this attempt's are the last 20.
+    let events = &all[all.len() - 20..];
     let sent = report["bursts"].as_array().unwrap();
     for (event, sent) in events.iter().zip(sent) {
         let duration = event["duration_ms"].as_u64().unwrap();
@@ -164,7 +184,7 @@ fn bursts_are_exact(ingress: bool) {
     assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
     let view = String::from_utf8(view.stdout).unwrap();
     assert!(view.contains(&format!("{} {direction}", net.host)), "{view}");
-    assert!(view.contains("recent bursts (20):"), "{view}");
+    assert!(view.contains(&format!("recent bursts ({}):", all.len())), "{view}");
     assert!(view.contains("threshold 200.0 Mbit/s"), "{view}");
 }
 
@@ -387,8 +407,9 @@ fn a_read_only_recordings_directory_only_stops_recording() {
         "the veth watched",
     );
     send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
+    // The write comes 5 s after the burst (the window after it), then a fold.
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || value(&agent.metrics(), "hostwatch_net_recording_failures_total").is_some_and(|n| n >= 1.0),
         "the failed write counted",
     );
