@@ -147,9 +147,7 @@ fn actuators(out: &mut String, shaping: &ShapingConfig, compression: &Compressio
     } else {
         let _ = writeln!(out, "  off   shaping proxy (disabled in the config)");
     }
-    let mut tunnels = 0;
     for tunnel in compression.tunnel.iter() {
-        tunnels += 1;
         let side = match tunnel.side {
             Side::Client => "client",
             Side::Server => "server",
@@ -160,7 +158,7 @@ fn actuators(out: &mut String, shaping: &ShapingConfig, compression: &Compressio
             tunnel.listen,
         );
     }
-    if tunnels == 0 {
+    if compression.tunnel.iter().next().is_none() {
         let _ = writeln!(out, "  off   compression tunnels (none configured)");
     }
     ok

@@ -42,7 +42,7 @@ impl Watched {
         let file = File::open(path).map_err(|error| unreadable(path, &error))?;
         let parsed =
             Self::parse(BufReader::with_capacity(64 * 1024, file), watch).map_err(|error| unreadable(path, &error))?;
-        if parsed.symbols > 0 && parsed.all_hidden {
+        if parsed.lines > 0 && parsed.all_hidden {
             return Err(hidden(path));
         }
         Ok(parsed.watched)
@@ -56,12 +56,8 @@ impl Watched {
         let file = File::open(path).map_err(|error| unreadable(path, &error))?;
         for line in BufReader::new(file).lines() {
             let line = line.map_err(|error| unreadable(path, &error))?;
-            let mut fields = line.split_ascii_whitespace();
-            if let (Some(address), Some("t" | "T" | "w" | "W")) = (fields.next(), fields.next()) {
-                return match u64::from_str_radix(address, 16) {
-                    Ok(0) => Err(hidden(path)),
-                    _ => Ok(()),
-                };
+            if let Some((address, _)) = text_symbol(&line) {
+                return if address == 0 { Err(hidden(path)) } else { Ok(()) };
             }
         }
         Ok(())
@@ -72,22 +68,15 @@ impl Watched {
         let mut starts = Vec::new();
         let mut found = Vec::new();
         let mut all_hidden = true;
-        let mut symbols = 0;
+        let mut lines = 0;
         let mut line = String::new();
         loop {
             line.clear();
             if text.read_line(&mut line)? == 0 {
                 break;
             }
-            symbols += 1;
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T" | "w" | "W") {
-                continue;
-            }
-            let Ok(address) = u64::from_str_radix(address, 16) else {
+            lines += 1;
+            let Some((address, name)) = text_symbol(&line) else {
                 continue;
             };
             if address == 0 {
@@ -114,7 +103,7 @@ impl Watched {
         Ok(Parsed {
             watched: Self { ranges },
             all_hidden,
-            symbols,
+            lines,
         })
     }
 
@@ -132,6 +121,16 @@ impl Watched {
     }
 }
 
+/// A code symbol's address and name (text and weak text symbols: the kinds
+/// a call chain lands in), or `None` for any other line.
+fn text_symbol(line: &str) -> Option<(u64, &str)> {
+    let mut fields = line.split_ascii_whitespace();
+    let (Some(address), Some("t" | "T" | "w" | "W"), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
+        return None;
+    };
+    u64::from_str_radix(address, 16).ok().map(|address| (address, name))
+}
+
 fn unreadable(path: &Path, error: &std::io::Error) -> Unavailable {
     Unavailable::new(format!("cannot read {}: {error}", path.display()))
 }
@@ -147,7 +146,7 @@ struct Parsed {
     watched: Watched,
     all_hidden: bool,
     /// Lines read: an empty file hides nothing.
-    symbols: usize,
+    lines: usize,
 }
 
 #[cfg(test)]
