@@ -11,7 +11,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Agent, TempDir, fixture, value, wait_for};
+use support::{Agent, TempDir, fixture, value};
 
 #[test]
 fn sigterm_stops_within_two_seconds() {
@@ -57,7 +57,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
 
     std::fs::write(&config, "[collectors.memory]\nenabled = false\n").unwrap();
     agent.signal("HUP");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), "hostwatch_config_reloads_total") == Some(1.0),
         "reload",
@@ -75,7 +75,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
 
     std::fs::write(&config, "[collectors.memory]\nenabled = maybe\n").unwrap();
     agent.signal("HUP");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), "hostwatch_config_reload_failures_total") == Some(1.0),
         "refused reload",
@@ -162,7 +162,7 @@ fn a_hung_collector_is_isolated_and_does_not_block_stop() {
     );
     // Building the collector opens the file too, so the very first attempt hangs.
     agent.wait_ready();
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || {
             value(
@@ -242,7 +242,7 @@ fn slow_clients_are_cut_off_and_excess_connections_refused() {
         String::from_utf8_lossy(&answer)
     );
     drop(holders);
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(3),
         || agent.get("/healthz").status == 200,
         "slots freed",
@@ -354,7 +354,7 @@ fn a_burst_of_sighups_with_alternating_configs() {
     )
     .unwrap();
     agent.signal("HUP");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || {
             let text = agent.metrics();

@@ -194,7 +194,7 @@ fn ena_fixtures_are_replayed_live() {
         text.replace("bw_out_allowance_exceeded: 0", "bw_out_allowance_exceeded: 1234"),
     )
     .unwrap();
-    support::wait_for(
+    agent.wait_until(
         std::time::Duration::from_secs(5),
         || support::value(&agent.metrics(), bw_out) == Some(1234.0),
         "the changed counter in the scrape",

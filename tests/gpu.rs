@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Agent, TempDir, fixture, require_program, value, wait_for};
+use support::{Agent, TempDir, fixture, require_program, value};
 
 const GPU0: &str = "GPU-5d6a2f3e-8b1c-4f0a-9e7d-2c4b6a8e0f13";
 const GPU1: &str = "GPU-0b7e4c21-93d5-4a6f-b812-6f3d9c2e7a40";
@@ -84,7 +84,7 @@ fn a_gpu_falls_off_the_bus_while_the_other_keeps_reporting() {
     // GPU 1 falls off the bus: NVML answers GPU_IS_LOST and sends XID 79.
     std::fs::copy(fixture("gpu/lost/gpu1.json"), gpus.join("gpu1.json")).unwrap();
     let lost = format!("hostwatch_gpu_state{{gpu=\"1\",uuid=\"{GPU1}\",state=\"lost\"}}");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), &lost) == Some(1.0),
         "GPU 1 reported lost",
@@ -151,7 +151,7 @@ fn a_host_without_nvml_has_the_collector_down_with_the_reason() {
     // Everything else runs.
     assert_eq!(value(&text, "hostwatch_collector_up{collector=\"cpu\"}"), Some(1.0));
     // The log line is read from the agent's stderr by another thread.
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || {
             agent.logs().lines().any(|line| {

@@ -97,7 +97,7 @@ fn identity_and_baseline_from_imds() {
     );
     agent.wait_ready();
     let info = "hostwatch_instance_info{instance_type=\"m6i.large\",availability_zone=\"eu-west-3a\",instance_id=\"i-0abcdef1234567890\"}";
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), info) == Some(1.0),
         "the instance identity",
@@ -137,7 +137,7 @@ fn a_hanging_imds_delays_neither_readiness_nor_scrapes() {
         &dir,
         &format!("[collectors.instance]\nendpoint = \"http://{imds}\"\ninterval = \"100ms\"\n"),
     );
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(2).saturating_sub(started.elapsed()),
         || agent.get("/readyz").status == 200,
         "ready within 2 s of start",
@@ -157,7 +157,7 @@ fn a_hanging_imds_delays_neither_readiness_nor_scrapes() {
     );
     assert!(!text.contains("hostwatch_instance_info{"), "{text}");
     // The default one-second request timeout then counts the hang.
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(15),
         || {
             value(

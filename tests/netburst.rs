@@ -28,7 +28,7 @@ fn watching(net: &TestNet, dir: &TempDir) -> Agent {
     let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
     agent.wait_ready();
     let up = "hostwatch_collector_up{collector=\"netburst\"}";
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), up) == Some(1.0),
         "netburst up",
@@ -37,7 +37,7 @@ fn watching(net: &TestNet, dir: &TempDir) -> Agent {
         "hostwatch_net_burst_threshold_bits_per_second{{interface=\"{}\",direction=\"transmit\"}}",
         net.host
     );
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), &threshold).is_some(),
         "the veth watched",
@@ -278,7 +278,7 @@ fn bursts_are_recorded() {
     let net = TestNet::new("r");
     let agent = watching(&net, &dir);
     send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || value(&agent.metrics(), "hostwatch_net_recordings_total").is_some_and(|n| n >= 1.0),
         "a recording written 5 s after the burst",
@@ -315,7 +315,7 @@ fn faults_deleted_interface_and_stopped_agent() {
         "hostwatch_net_slots_lost_total{{interface=\"{}\",direction=\"transmit\"}}",
         net.host
     );
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), &lost) == Some(0.0),
         "the veth watched",
@@ -323,7 +323,7 @@ fn faults_deleted_interface_and_stopped_agent() {
     agent.signal("STOP");
     std::thread::sleep(Duration::from_secs(2));
     agent.signal("CONT");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(3),
         || value(&agent.metrics(), &lost).is_some_and(|n| n > 1000.0),
         "lost slots counted",
@@ -335,7 +335,7 @@ fn faults_deleted_interface_and_stopped_agent() {
         "hostwatch_net_bursts_total{{interface=\"{}\",direction=\"transmit\"}}",
         net.host
     );
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), &series).is_none(),
         "the deleted veth's state dropped",
@@ -401,14 +401,14 @@ fn a_read_only_recordings_directory_only_stops_recording() {
         "hostwatch_net_burst_threshold_bits_per_second{{interface=\"{}\",direction=\"transmit\"}}",
         net.host
     );
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(5),
         || value(&agent.metrics(), &threshold).is_some(),
         "the veth watched",
     );
     send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
     // The write comes 5 s after the burst (the window after it), then a fold.
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(20),
         || value(&agent.metrics(), "hostwatch_net_recording_failures_total").is_some_and(|n| n >= 1.0),
         "the failed write counted",

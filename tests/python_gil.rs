@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::netns::is_root;
-use support::{Agent, TempDir, repo_root, value, wait_for};
+use support::{Agent, TempDir, repo_root, value};
 
 const SYMTAB_PYTHON: &str = "/usr/bin/python3.11d";
 const STRIPPED_PYTHON: &str = "/usr/bin/python3.11";
@@ -123,7 +123,7 @@ fn shares(agent: &Agent, process: &str, window: Duration) -> (f64, Option<f64>, 
 }
 
 fn wait_until_probed(agent: &Agent, process: &str) {
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || agent.metrics().contains(&format!("process=\"{process}\"")),
         "the workload to be probed",
@@ -312,7 +312,7 @@ fn over_budget_the_busiest_process_is_shed() {
     let quiet = Workload::start(STRIPPED_PYTHON, 1, 8.0, &tag, false);
     let busy = label(STRIPPED_PYTHON, busy.child.id());
     let quiet = label(STRIPPED_PYTHON, quiet.child.id());
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || value(&agent.metrics(), "hostwatch_python_target_events_total{event=\"shed\"}") == Some(1.0),
         "the busy process to be shed",
@@ -371,7 +371,7 @@ fn a_thousand_short_lived_processes_leave_no_probes_behind() {
         |name: &str| value(&agent.metrics(), name).unwrap_or_else(|| panic!("no {name}; logs:\n{}", agent.logs()));
     let events = |event: &str| metric(&format!("hostwatch_python_target_events_total{{event=\"{event}\"}}"));
     let started = Instant::now();
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(90),
         || {
             events("attached") == events("detached")

@@ -75,7 +75,7 @@ fn agent(dir: &TempDir) -> Agent {
     let config = dir.write("hostwatch.toml", "[collectors.stalls]\ninterval = \"500ms\"\n");
     let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
     agent.wait_ready();
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || value(&agent.metrics(), "hostwatch_collector_up{collector=\"stalls\"}") == Some(1.0),
         "the stalls collector up",
@@ -220,7 +220,7 @@ fn smaps_storm_is_measured_named_alerted_and_sampled() {
 
     // The victim exits: its pid-labelled series go with it.
     drop(victim);
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || !agent.metrics().contains(&format!("process=\"{victim_label}\"")),
         "the exited victim's series to go",
@@ -243,7 +243,7 @@ fn hot_spot_names_the_reader(agent: &Agent) {
         return;
     }
     let series = "hostwatch_kernel_hotspot_samples_total{symbol=\"smap_gather_stats\",comm=\"smaps_reader\"}";
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(20),
         || value(&agent.metrics(), series).is_some_and(|n| n > 0.0),
         "samples under smap_gather_stats attributed to the reader",
@@ -271,7 +271,7 @@ fn a_target_that_exited_is_still_listed() {
         .status()
         .unwrap();
     assert!(!status.success(), "the target is gone");
-    wait_for(
+    agent.wait_until(
         Duration::from_secs(10),
         || {
             let stalls: serde_json::Value = serde_json::from_slice(&agent.get("/debug/stalls").body).unwrap();

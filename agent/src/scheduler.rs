@@ -16,7 +16,7 @@ use hostwatch_collectors::{CollectError, Collector, CollectorSpec, Context, Desc
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::Store;
 
@@ -223,6 +223,7 @@ impl Task {
             State::Overdue(handle) => match handle.await {
                 Ok(Outcome::Collected { collector, .. }) => Some(collector),
                 Ok(Outcome::Unavailable(_)) => None,
+                Err(error) if error.is_cancelled() => None,
                 Err(_) => {
                     self.count("panic");
                     None
@@ -285,6 +286,11 @@ impl Task {
                 State::Down {
                     retry_at: Instant::now() + RETRY_UNAVAILABLE.max(self.plan.interval),
                 }
+            }
+            // Only a runtime shutting down cancels a blocking task: no fault.
+            Ok(Err(error)) if error.is_cancelled() => {
+                debug!(collector = self.name(), "collection cancelled: the agent is stopping");
+                State::Idle(None)
             }
             Ok(Err(error)) => {
                 self.count("panic");

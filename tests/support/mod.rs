@@ -118,22 +118,68 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let listen = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("agent did not start; logs:\n{}", logs.lock().unwrap().join("\n")));
-        Self {
+        let listen = rx.recv_timeout(Duration::from_secs(10));
+        let mut agent = Self {
             child,
-            addr: listen.parse().unwrap(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+        };
+        match listen {
+            Ok(listen) => agent.addr = listen.parse().unwrap(),
+            Err(_) => {
+                // The reader ends with stderr: an agent that exited has said why last.
+                std::thread::sleep(Duration::from_millis(200));
+                let status = agent.child.try_wait().unwrap();
+                panic!("agent did not start (exit: {status:?}); logs:\n{}", agent.logs());
+            }
         }
+        agent
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The agent's log lines so far, without the BPF loader's debug chatter
+    /// (hundreds of relocation lines that would bury the agent's own).
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        let logs = self.logs.lock().unwrap();
+        let own: Vec<&str> = logs
+            .iter()
+            .filter(|line| !line.contains("\"log.target\":\"aya"))
+            .map(String::as_str)
+            .collect();
+        own.join("\n")
+    }
+
+    /// The field `field` of the first logged event whose message is `message`.
+    pub fn logged(&self, message: &str, field: &str) -> Option<String> {
+        self.logs.lock().unwrap().iter().find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["fields"]["message"] == message).then(|| event["fields"][field].as_str().map(str::to_owned))?
+        })
+    }
+
+    /// The port the shaping proxy bound (configured with port 0: a port
+    /// picked beforehand could be taken by anything before the agent binds it).
+    pub fn proxy_port(&self) -> u16 {
+        let listen = self
+            .logged("shaping proxy started", "listen")
+            .unwrap_or_else(|| panic!("the shaping proxy did not start; logs:\n{}", self.logs()));
+        listen.parse::<SocketAddr>().unwrap().port()
+    }
+
+    /// [`wait_for`], with the agent's logs in the failure.
+    pub fn wait_until(&self, limit: Duration, mut check: impl FnMut() -> bool, what: &str) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; agent logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn get(&self, path: &str) -> Response {
