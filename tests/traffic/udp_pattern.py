@@ -3,7 +3,7 @@
 what it sent, in wire bytes (payload + UDP 8 + IPv4 20 + Ethernet 14), as JSON.
 
   steady  RATE_MBIT for SECONDS, paced per millisecond
-  bursts  COUNT bursts of BURST_MS each at full speed, GAP_MS apart
+  bursts  COUNT bursts of BURST_MS each at BURST_RATE_MBIT, GAP_MS apart
 
 Only for addresses inside network namespaces the test created, or loopback.
 Bounded: it stops by itself after the pattern.
@@ -16,6 +16,8 @@ import sys
 import time
 
 HEADERS = 8 + 20 + 14
+# Microseconds a burst keeps from the millisecond boundaries it lies between.
+EDGE_US = 200
 
 
 def main():
@@ -29,6 +31,12 @@ def main():
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--burst-ms", type=float, default=5.0)
     parser.add_argument("--gap-ms", type=float, default=100.0)
+    parser.add_argument("--burst-rate-mbit", type=float, default=800.0)
+    parser.add_argument(
+        "--threshold-mbit",
+        type=float,
+        help="also report the bursts the sends made on the wire at this threshold",
+    )
     parser.add_argument("--start-delay", type=float, default=0.0, help="seconds to wait first (to be moved into a cgroup)")
     args = parser.parse_args()
 
@@ -62,25 +70,70 @@ def main():
         report["packets"] = sent
         report["wire_bytes"] = sent * wire
     else:
+        # Paced, not at full speed: the tests run this SCHED_FIFO, and a
+        # sender that fills the socket buffer faster than the veth's softirq
+        # drains it starves ksoftirqd on its own CPU, then blocks in sendto
+        # until it runs: pauses of a millisecond inside a burst. A few times
+        # the threshold is a burst all the same; behind schedule (an
+        # interrupt), it catches up at once.
+        # Each burst keeps EDGE clear of the millisecond boundaries of the
+        # clock the BPF program counts by (CLOCK_MONOTONIC): the time a packet
+        # is stamped here and the time it is counted in the kernel differ by
+        # tens of microseconds, and a burst that began or ended mid-millisecond
+        # would leave an edge millisecond near the threshold, in or out of the
+        # burst by a packet or two. So a burst of BURST_MS is BURST_MS whole
+        # milliseconds, each well above the threshold, and none beside it.
+        per_ns = args.burst_rate_mbit * 1e6 / 8 / wire / 1e9
+        edge = EDGE_US * 1000
+        sent_ms = []
         for _ in range(args.count):
             packets = 0
-            start = time.perf_counter()
-            end = start + args.burst_ms / 1000
+            boundary = (time.monotonic_ns() // 1_000_000 + 1) * 1_000_000
+            start = boundary + edge
+            end = boundary + int(args.burst_ms * 1_000_000) - edge
+            while time.monotonic_ns() < start:
+                pass
             # The longest time between two sends: above a fraction of a
             # millisecond the sender was interrupted (an IRQ storm, RT
             # throttling) and the wire may show two bursts where one was meant.
             last = start
-            longest = 0.0
-            while (now := time.perf_counter()) < end:
+            longest = 0
+            while (now := time.monotonic_ns()) < end:
+                if packets >= (now - start) * per_ns:
+                    continue
                 longest = max(longest, now - last)
                 last = now
+                sent_ms.append(now // 1_000_000)
                 sock.sendto(payload, target)
                 packets += 1
             report["bursts"].append(
-                {"packets": packets, "wire_bytes": packets * wire, "longest_pause_ms": longest * 1000}
+                {"packets": packets, "wire_bytes": packets * wire, "longest_pause_ms": longest / 1e6}
             )
-            time.sleep(max(0.0, start + args.gap_ms / 1000 - time.perf_counter()))
+            time.sleep(max(0.0, (boundary + args.gap_ms * 1e6 - time.monotonic_ns()) / 1e9))
+        if args.threshold_mbit is not None:
+            report["wire_bursts"] = wire_bursts(sent_ms, wire, args.threshold_mbit)
     json.dump(report, sys.stdout)
+
+
+def wire_bursts(sent_ms, wire, threshold_mbit):
+    """The bursts as a detector of 1 ms slots sees them: runs of consecutive
+    milliseconds above the threshold, with their bytes. An interrupted sender
+    makes other bursts than it meant (a pause splits one in two): this is
+    what the wire carried all the same."""
+    per_ms = {}
+    for ms in sent_ms:
+        per_ms[ms] = per_ms.get(ms, 0) + wire
+    above = threshold_mbit * 1e6 / 8 / 1000
+    runs = []
+    for ms in sorted(per_ms):
+        if per_ms[ms] <= above:
+            continue
+        if runs and runs[-1]["end_ms"] == ms:
+            runs[-1]["end_ms"] = ms + 1
+            runs[-1]["bytes"] += per_ms[ms]
+        else:
+            runs.append({"start_ms": ms, "end_ms": ms + 1, "bytes": per_ms[ms]})
+    return [{"duration_ms": r["end_ms"] - r["start_ms"], "bytes": r["bytes"]} for r in runs]
 
 
 if __name__ == "__main__":
