@@ -117,13 +117,14 @@ fn bursts_are_exact(ingress: bool) {
 
     // 20 bursts of 5 ms at 4x the threshold. The generator also reports
     // the bursts its sends made on the wire, by its own clock (the BPF
-    // program's): a pause in the sender (an interrupt, a busy hypervisor;
-    // seen up to 4.7 ms on this VM even at SCHED_FIFO) splits a burst, and
-    // the detector rightly sees two. The pattern is sent again (at most twice
-    // more) until the wire carried 20 clean bursts; either way the detector
-    // must see exactly the bursts that were on the wire.
+    // program's). The sender is paused or slowed now and then even at
+    // SCHED_FIFO (pauses up to 4.7 ms; this VM's hypervisor steals time), so
+    // a burst's millisecond may fall below the threshold and split it, and
+    // the detector rightly sees two. The pattern is sent again (at most four
+    // times more) until the wire carried 20 clean bursts; either way the
+    // detector must see exactly the bursts that were on the wire.
     let mut attempts = 0;
-    let (wire, before) = loop {
+    let (wire, packet, before) = loop {
         attempts += 1;
         let before = bursts(&net, &agent, direction);
         let report = send(
@@ -144,13 +145,14 @@ fn bursts_are_exact(ingress: bool) {
                 "200",
             ],
         );
+        let packet = report["wire_bytes_per_packet"].as_f64().unwrap();
         let wire = report["wire_bursts"].as_array().unwrap().clone();
         let clean = wire.len() == 20
             && wire
                 .iter()
                 .all(|b| (4..=6).contains(&b["duration_ms"].as_u64().unwrap()));
-        if clean || attempts == 3 {
-            break (wire, before);
+        if clean || attempts == 5 {
+            break (wire, packet, before);
         }
         let pauses: Vec<f64> = report["bursts"]
             .as_array()
@@ -158,14 +160,15 @@ fn bursts_are_exact(ingress: bool) {
             .iter()
             .map(|b| b["longest_pause_ms"].as_f64().unwrap())
             .collect();
+        let durations: Vec<u64> = wire.iter().map(|b| b["duration_ms"].as_u64().unwrap()).collect();
         eprintln!(
-            "attempt {attempts}: the sender was interrupted (longest pauses {pauses:.2?} ms), the wire carried {} bursts; sending again",
+            "attempt {attempts}: the sender was interrupted (longest pauses {pauses:.2?} ms), the wire carried {} bursts of {durations:?} ms; sending again",
             wire.len()
         );
         std::thread::sleep(Duration::from_millis(300));
     };
     let expected = wire.len();
-    assert!(expected >= 20, "the generator sent 20 bursts: {wire:?}");
+    assert!(expected > 0, "the sender was too slow to burst at all: {wire:?}");
     wait_for(
         Duration::from_secs(3),
         || bursts(&net, &agent, direction) >= before + expected as f64,
@@ -190,9 +193,14 @@ fn bursts_are_exact(ingress: bool) {
             duration.abs_diff(sent_duration) <= 1,
             "duration {duration} ms against {sent_duration} ms sent: {event}"
         );
+        // A whole burst keeps 200 us from its milliseconds' edges; the pieces
+        // of a split one end mid-millisecond, where the sender's clock and
+        // the kernel's may put the packets sent within ~100 us of an edge (7
+        // at 800 Mbit/s) on either side of it.
+        let slack = if sent_duration == 5 { 0.0 } else { 14.0 * packet };
         let (seen, sent) = (event["bytes"].as_f64().unwrap(), sent["bytes"].as_f64().unwrap());
         assert!(
-            (seen - sent).abs() / sent <= 0.02,
+            (seen - sent).abs() <= 0.02 * sent + slack,
             "burst bytes {seen} against {sent} sent"
         );
     }
@@ -254,7 +262,7 @@ fn bursts_name_the_bursting_cgroup() {
             "--dst",
             &net.there,
             "--rate-mbit",
-            "30",
+            "5",
             "--seconds",
             "3",
             "--start-delay",
@@ -271,11 +279,12 @@ fn bursts_name_the_bursting_cgroup() {
             "10",
             "--gap-ms",
             "200",
-            // As fast as it can: an event names the senders of the last two
-            // folds (a few hundred ms), the steady sender's bytes included;
-            // a burst at a few times the threshold would not outweigh them.
+            // An event names the senders of the last two folds (a few hundred
+            // ms), the steady sender's bytes included: 4.6 ms at 800 Mbit/s
+            // (460 kB) outweighs 5 Mbit/s over them (about 100 kB), where a
+            // steady 30 Mbit/s did not (560 kB; issue 4's note).
             "--burst-rate-mbit",
-            "100000",
+            "800",
             "--start-delay",
             "0.7",
         ],
