@@ -30,7 +30,8 @@ seconds per GiB relayed (utime + stime of the agent over the proxied blocks).
 
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
            [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3]
-           [--burst 1ms] [--limiters hostwatch,sdk,none] [--overhead-only] [--unpinned]
+           [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none]
+           [--overhead-only] [--unpinned]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
 (iproute2, the test venv with moto, boto3, aws-cli).
 """
@@ -195,6 +196,7 @@ record = false
 [shaping]
 enabled = true
 listen = "127.0.0.1:{proxy_port}"
+socket_buffer = "{args.socket_buffer}"
 [[shaping.policy]]
 name = "bench"
 hosts = ["{THERE}"]
@@ -346,6 +348,7 @@ def main():
     parser.add_argument("--overhead-gib", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", default="1ms", help="the policy's burst allowance")
+    parser.add_argument("--socket-buffer", default="2ms", help="the proxy's upstream socket buffers, as time at the rate")
     parser.add_argument("--limiters", default="hostwatch,sdk,none")
     parser.add_argument("--overhead-only", action="store_true", help="skip part 1")
     parser.add_argument("--unpinned", action="store_true", help="part 2 without CPU pinning")
