@@ -6,8 +6,9 @@
  *
  * Hooks: tp_btf/net_dev_xmit (egress counts, the device from the BTF
  * argument: the classic tracepoint misattributes veth traffic),
- * tp_btf/net_dev_start_xmit (egress senders, and the egress interface
- * lookup handed on to net_dev_xmit) and tp_btf/netif_receive_skb
+ * tp_btf/net_dev_start_xmit (egress senders while a CPU's millisecond is
+ * above its gate, and the egress interface lookup handed on to
+ * net_dev_xmit) and tp_btf/netif_receive_skb
  * (ingress). Needs BTF and CAP_BPF + CAP_PERFMON.
  */
 #include "vmlinux.h"
@@ -40,6 +41,19 @@ struct {
 	__type(key, struct hw_net_owner);
 	__type(value, __u64);
 } net_owner_bytes SEC(".maps");
+
+/* Per series: the bytes one CPU must already have counted in the current
+ * millisecond before a packet's sender is attributed, so that the owner map
+ * holds who sent during bursts, not who sent steadily in between. Userspace
+ * sets it to the burst threshold divided by the online CPUs (a millisecond
+ * above the threshold is above it on at least one CPU); 0 attributes every
+ * packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HW_NET_MAX_IFACES * 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} net_gate SEC(".maps");
 
 /* A first test before the exact lookup, so that a packet on an unwatched
  * interface costs a few loads: the number of watched interfaces in any
@@ -157,6 +171,20 @@ int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
 	struct sock *sk = skb->sk;
 	if (!sk)
 		return 0;
+	__u64 len = skb->len;
+	__u64 *gate = bpf_map_lookup_elem(&net_gate, &series);
+	if (gate && *gate) {
+		/* hw_net_xmit counts this packet after us: the ring holds the
+		 * millisecond so far without it. */
+		struct hw_net_ring *ring = bpf_map_lookup_elem(&net_rings, &series);
+		if (!ring)
+			return 0;
+		__u64 ms = bpf_ktime_get_ns() / 1000000;
+		__u32 slot = ms & (HW_NET_RING - 1);
+		__u64 counted = ring->ms[slot] == ms ? ring->bytes[slot] : 0;
+		if (counted + len <= *gate)
+			return 0;
+	}
 	/* The socket's cgroup is the sender's, always. The task on CPU is the
 	 * sender when the stack transmits in process context (most sends);
 	 * from softirq (qdisc dequeue, retransmit timers) it is whichever
@@ -166,7 +194,6 @@ int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
 		.tgid = bpf_get_current_pid_tgid() >> 32,
 		.series = series,
 	};
-	__u64 len = skb->len;
 	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
 	if (bytes) {
 		*bytes += len;

@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(
             maps,
             [
+                "net_gate",
                 "net_iface_filter",
                 "net_iface_ids",
                 "net_owner_bytes",

@@ -1,5 +1,6 @@
 //! Who sent the bytes: egress bytes per (cgroup, task) from the BPF program's
-//! owner map, turned into per-fold deltas, with cgroup ids resolved to paths
+//! owner map (bytes sent while the sender's CPU was over the burst gate, see
+//! `Backend::gate`), turned into per-fold deltas, with cgroup ids resolved to paths
 //! (`/system.slice/backup.service`) and tasks to their command names.
 //!
 //! Reads the BPF owner map, the cgroup v2 hierarchy under

@@ -21,8 +21,12 @@ pub trait Backend: Send {
     fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError>;
     /// Each CPU's ring of `series` (`id * 2 + direction`).
     fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError>;
-    /// Egress bytes by sender since counting began (summed over CPUs).
+    /// Egress bytes by sender since counting began (summed over CPUs),
+    /// counted only in milliseconds near `gate`'s threshold.
     fn owners(&mut self, out: &mut Vec<(NetOwner, u64)>) -> Result<(), CollectError>;
+    /// Attributes `series`' senders only while a millisecond is on its way
+    /// above `threshold` bytes (0: always).
+    fn gate(&mut self, series: u32, threshold: u64) -> Result<(), CollectError>;
     /// The current millisecond on the clock the rings are stamped with.
     fn now_ms(&self) -> u64;
 }
@@ -44,6 +48,9 @@ pub struct BpfBackend {
     filter: Array<MapData, u32>,
     rings: PerCpuArray<MapData, NetRing>,
     owners: PerCpuHashMap<MapData, NetOwner, u64>,
+    gates: Array<MapData, u64>,
+    /// Online CPUs: each counts its own share of a millisecond.
+    cpus: u64,
 }
 
 impl BpfBackend {
@@ -60,18 +67,24 @@ impl BpfBackend {
             ebpf.take_map(name)
                 .ok_or_else(|| Unavailable::new(format!("BPF object netburst has no map {name}")))
         };
-        let (ids, filter, rings, owners) = (
+        let (ids, filter, rings, owners, gates) = (
             take("net_iface_ids")?,
             take("net_iface_filter")?,
             take("net_rings")?,
             take("net_owner_bytes")?,
+            take("net_gate")?,
         );
         let typed = |error: aya::maps::MapError| Unavailable::new(format!("netburst maps: {error}"));
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, error)| Unavailable::new(format!("counting online CPUs ({path}): {error}")))?
+            .len();
         Ok(Self {
             ids: HashMap::try_from(ids).map_err(typed)?,
             filter: Array::try_from(filter).map_err(typed)?,
             rings: PerCpuArray::try_from(rings).map_err(typed)?,
             owners: PerCpuHashMap::try_from(owners).map_err(typed)?,
+            gates: Array::try_from(gates).map_err(typed)?,
+            cpus: (cpus as u64).max(1),
             _ebpf: ebpf,
         })
     }
@@ -117,6 +130,14 @@ impl Backend for BpfBackend {
             out.push((owner, per_cpu.iter().sum()));
         }
         Ok(())
+    }
+
+    // A millisecond above the threshold is above threshold / CPUs on at
+    // least one CPU, where the program sees only its own CPU's count.
+    fn gate(&mut self, series: u32, threshold: u64) -> Result<(), CollectError> {
+        self.gates
+            .set(series, threshold / self.cpus, 0)
+            .map_err(|e| map_error("net_gate", e))
     }
 
     fn now_ms(&self) -> u64 {

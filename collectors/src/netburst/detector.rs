@@ -196,6 +196,11 @@ impl Detector {
         self.threshold = bytes_per_ms(bits_per_second);
     }
 
+    /// Bytes in one millisecond above which it is part of a burst.
+    pub fn threshold_bytes(&self) -> u64 {
+        self.threshold
+    }
+
     pub fn threshold_bits_per_second(&self) -> f64 {
         self.threshold as f64 * 8.0 * 1000.0
     }

@@ -7,7 +7,10 @@
 //! highest 1 ms / 10 ms / 100 ms / 1 s rates over a trailing summary window so
 //! a 15 s scrape still carries them, attributes egress bytes to cgroups and
 //! tasks, and keeps a one-minute flight recorder that writes the window around
-//! each burst or ENA allowance drop to disk.
+//! each burst or ENA allowance drop to disk. Attribution counts a sender's
+//! bytes only in milliseconds on their way above the threshold (a gate the
+//! program checks against its CPU's count), so a burst names who sent during
+//! bursts, not who sent steadily in the folds around it.
 //!
 //! Reads `SYSFS/class/net` (interfaces with a device by default, or those
 //! `include` names), the BPF maps, the cgroup v2 tree. Needs root (CAP_BPF,
@@ -207,7 +210,7 @@ static LOST: Desc = Desc::counter(
 );
 static CONTRIBUTORS: Desc = Desc::counter(
     "hostwatch_net_burst_contributor_bytes_total",
-    "Egress bytes sent by each cgroup in the folds (100 ms each) around the end of a burst: the top cgroups, the rest as other.",
+    "Egress bytes each cgroup sent in milliseconds near the burst threshold, in the folds (100 ms each) around the end of a burst: the top cgroups, the rest as other.",
     &["interface", "direction", "cgroup"],
 );
 static RECORDINGS: Desc = Desc::counter(
@@ -257,6 +260,8 @@ struct Series {
     contributors: HashMap<String, u64>,
     /// The last fold whose senders were added to `contributors`.
     credited: Option<u64>,
+    /// The threshold the BPF gate was last set to (see [`Backend::gate`]).
+    gated: Option<u64>,
 }
 
 /// One watched interface, at its id's place in `NetBurst::watched`.
@@ -413,6 +418,7 @@ impl NetBurst {
                 lost: 0,
                 contributors: HashMap::new(),
                 credited: None,
+                gated: None,
             });
             info!(interface = %name, "counting bytes per millisecond");
             self.watched[id] = Some(Watched { name, key, series });
@@ -439,6 +445,12 @@ impl NetBurst {
                 };
                 let series = &mut watched.series[direction.index() as usize];
                 series.detector.set_threshold(threshold);
+                // Only egress is attributed; a system call only on a change.
+                let gate = series.detector.threshold_bytes();
+                if direction == Direction::Transmit && series.gated != Some(gate) {
+                    self.backend.gate(index, gate)?;
+                    series.gated = Some(gate);
+                }
                 let (ended, started) = (&mut self.ended, &mut self.started);
                 let Series {
                     folder,

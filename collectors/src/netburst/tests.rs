@@ -18,6 +18,8 @@ struct Kernel {
     /// One CPU's ring per series.
     rings: HashMap<u32, NetRing>,
     owners: Vec<(NetOwner, u64)>,
+    /// The attribution gate per series, as last set.
+    gates: HashMap<u32, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -47,6 +49,11 @@ impl Backend for Scripted {
 
     fn owners(&mut self, out: &mut Vec<(NetOwner, u64)>) -> Result<(), CollectError> {
         out.clone_from(&self.0.lock().unwrap().owners);
+        Ok(())
+    }
+
+    fn gate(&mut self, series: u32, threshold: u64) -> Result<(), CollectError> {
+        self.0.lock().unwrap().gates.insert(series, threshold);
         Ok(())
     }
 
@@ -223,6 +230,10 @@ fn thresholds_follow_the_baseline_and_overrides() {
         set.get("hostwatch_net_burst_threshold_bits_per_second", &["eth0", "transmit"]),
         Some(6.25e9)
     );
+    // The senders are attributed above the transmit threshold, in bytes per
+    // millisecond, and the gate follows it; receive has no senders to gate.
+    let gates = kernel.0.lock().unwrap().gates.clone();
+    assert_eq!(gates, HashMap::from([(TRANSMIT, 781_250)]));
 }
 
 #[test]
