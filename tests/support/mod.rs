@@ -118,45 +118,39 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let listen = rx.recv_timeout(Duration::from_secs(10));
-        let mut agent = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            logs,
+        let Ok(listen) = rx.recv_timeout(Duration::from_secs(10)) else {
+            // The reader ends with stderr: an agent that exited has said why last.
+            std::thread::sleep(Duration::from_millis(200));
+            let status = child.try_wait().unwrap();
+            panic!(
+                "agent did not start (exit: {status:?}); logs:\n{}",
+                own_lines(&logs.lock().unwrap())
+            );
         };
-        match listen {
-            Ok(listen) => agent.addr = listen.parse().unwrap(),
-            Err(_) => {
-                // The reader ends with stderr: an agent that exited has said why last.
-                std::thread::sleep(Duration::from_millis(200));
-                let status = agent.child.try_wait().unwrap();
-                panic!("agent did not start (exit: {status:?}); logs:\n{}", agent.logs());
-            }
+        Self {
+            child,
+            addr: listen.parse().unwrap(),
+            logs,
         }
-        agent
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// The agent's log lines so far, without the BPF loader's debug chatter
-    /// (hundreds of relocation lines that would bury the agent's own).
+    /// The agent's log lines so far (see [`own_lines`]).
     pub fn logs(&self) -> String {
-        let logs = self.logs.lock().unwrap();
-        let own: Vec<&str> = logs
-            .iter()
-            .filter(|line| !line.contains("\"log.target\":\"aya"))
-            .map(String::as_str)
-            .collect();
-        own.join("\n")
+        own_lines(&self.logs.lock().unwrap())
     }
 
     /// The field `field` of the first logged event whose message is `message`.
     pub fn logged(&self, message: &str, field: &str) -> Option<String> {
         self.logs.lock().unwrap().iter().find_map(|line| {
             let event: serde_json::Value = serde_json::from_str(line).ok()?;
-            (event["fields"]["message"] == message).then(|| event["fields"][field].as_str().map(str::to_owned))?
+            if event["fields"]["message"] != message {
+                return None;
+            }
+            event["fields"][field].as_str().map(str::to_owned)
         })
     }
 
@@ -170,16 +164,8 @@ impl Agent {
     }
 
     /// [`wait_for`], with the agent's logs in the failure.
-    pub fn wait_until(&self, limit: Duration, mut check: impl FnMut() -> bool, what: &str) {
-        let start = Instant::now();
-        while !check() {
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}; agent logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn wait_until(&self, limit: Duration, check: impl FnMut() -> bool, what: &str) {
+        poll(limit, check, || format!("{what}; agent logs:\n{}", self.logs()));
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -300,12 +286,31 @@ pub fn parse_response(raw: &[u8]) -> Response {
 }
 
 /// Polls `check` every 50 ms until it holds, failing the test after `limit`.
-pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool, what: &str) {
+pub fn wait_for(limit: Duration, check: impl FnMut() -> bool, what: &str) {
+    poll(limit, check, || what.to_owned());
+}
+
+/// Polls `check` every 50 ms until it holds; after `limit`, fails saying
+/// what was awaited (`what`, built only then).
+fn poll(limit: Duration, mut check: impl FnMut() -> bool, what: impl FnOnce() -> String) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        if start.elapsed() >= limit {
+            panic!("timed out after {limit:?} waiting for {}", what());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Log lines without the BPF loader's debug chatter (hundreds of relocation
+/// lines that would bury the agent's own).
+fn own_lines(lines: &[String]) -> String {
+    let own: Vec<&str> = lines
+        .iter()
+        .filter(|line| !line.contains("\"log.target\":\"aya"))
+        .map(String::as_str)
+        .collect();
+    own.join("\n")
 }
 
 /// The value of the series `selector` (name with its labels exactly as
