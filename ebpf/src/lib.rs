@@ -220,7 +220,7 @@ mod tests {
 
 #[cfg(test)]
 mod root_tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
 
     use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
     use aya::programs::{BtfTracePoint, TracePoint};
@@ -253,17 +253,12 @@ mod root_tests {
             program.load(tracepoint, &btf).expect("verifier accepts");
             program.attach().expect("attaches");
         }
-        let netns = std::fs::metadata("/proc/self/ns/net").expect("netns").ino() as u32;
-        let ifindex: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
-            .expect("lo")
-            .trim()
-            .parse()
-            .expect("n");
+        let lo = NetIface::read(NetIface::own_netns().expect("netns"), Path::new("/sys/class/net/lo")).expect("lo");
         let mut ids: HashMap<_, NetIface, u32> =
             HashMap::try_from(ebpf.map_mut("net_iface_ids").expect("map")).expect("hash");
-        ids.insert(NetIface { netns, ifindex }, 0, 0).expect("insert");
+        ids.insert(lo, 0, 0).expect("insert");
         let mut filter: Array<_, u32> = Array::try_from(ebpf.map_mut("net_iface_filter").expect("map")).expect("array");
-        filter.set(ifindex & (NET_FILTER - 1), 1, 0).expect("set");
+        filter.set(lo.ifindex & (NET_FILTER - 1), 1, 0).expect("set");
 
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let target = socket.local_addr().expect("addr");

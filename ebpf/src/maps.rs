@@ -20,6 +20,26 @@ pub struct NetIface {
     pub ifindex: u32,
 }
 
+impl NetIface {
+    /// The network namespace the programs see this process's interfaces in:
+    /// its inode (`dev->nd_net.net->ns.inum`).
+    pub fn own_netns() -> std::io::Result<u32> {
+        use std::os::unix::fs::MetadataExt;
+        // Namespace inodes are 32-bit (proc_inum).
+        Ok(std::fs::metadata("/proc/self/ns/net")?.ino() as u32)
+    }
+
+    /// The interface whose `class/net/NAME` directory in sysfs is `dir`, in
+    /// the namespace `netns`.
+    pub fn read(netns: u32, dir: &std::path::Path) -> std::io::Result<Self> {
+        let ifindex = std::fs::read_to_string(dir.join("ifindex"))?
+            .trim()
+            .parse()
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+        Ok(Self { netns, ifindex })
+    }
+}
+
 /// `struct hw_net_ring`: value of `net_rings`, one per CPU.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,6 @@ mod fold;
 mod recorder;
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -305,8 +304,7 @@ impl NetBurst {
         }
         // The BPF program keys interfaces by the inode of their network
         // namespace: ours, since we list our namespace's interfaces.
-        let netns = std::fs::metadata("/proc/self/ns/net")
-            .map(|m| m.ino() as u32)
+        let netns = NetIface::own_netns()
             .map_err(|error| Unavailable::new(format!("no network namespace: /proc/self/ns/net: {error}")))?;
         Ok(Self {
             backend,
@@ -372,17 +370,10 @@ impl NetBurst {
             if !selected || !self.selector.selects(&name) {
                 continue;
             }
-            let Ok(ifindex) = std::fs::read_to_string(entry.path().join("ifindex")) else {
+            let Ok(key) = NetIface::read(self.netns, &entry.path()) else {
                 continue;
             };
-            let Ok(ifindex) = ifindex.trim().parse() else { continue };
-            present.push((
-                name,
-                NetIface {
-                    netns: self.netns,
-                    ifindex,
-                },
-            ));
+            present.push((name, key));
         }
         present.sort_by(|a, b| a.0.cmp(&b.0));
         for id in 0..self.watched.len() {

@@ -3,6 +3,7 @@
 //! pre-filter. The BPF path itself is tested end to end, as root, in
 //! tests/netburst.rs.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use hostwatch_ebpf::maps::{NET_RING, NetOwner};
@@ -268,13 +269,9 @@ fn unwatching_an_interface_that_shares_a_filter_entry_keeps_counting_the_other()
         return;
     }
     let mut backend = BpfBackend::new().expect("netburst loads and attaches");
-    let netns = std::fs::metadata("/proc/self/ns/net").expect("netns").ino() as u32;
-    let ifindex: u32 = std::fs::read_to_string("/sys/class/net/lo/ifindex")
-        .expect("lo")
-        .trim()
-        .parse()
-        .expect("number");
-    let lo = NetIface { netns, ifindex };
+    let netns = NetIface::own_netns().expect("netns");
+    let lo = NetIface::read(netns, Path::new("/sys/class/net/lo")).expect("lo");
+    let ifindex = lo.ifindex;
     let elsewhere = NetIface {
         netns: netns.wrapping_add(1),
         ifindex,
