@@ -70,12 +70,10 @@ def main():
         report["packets"] = sent
         report["wire_bytes"] = sent * wire
     else:
-        # Paced, not at full speed: the tests run this SCHED_FIFO, and a
-        # sender that fills the socket buffer faster than the veth's softirq
-        # drains it starves ksoftirqd on its own CPU, then blocks in sendto
-        # until it runs: pauses of a millisecond inside a burst. A few times
-        # the threshold is a burst all the same; behind schedule (an
-        # interrupt), it catches up at once.
+        # Paced at BURST_RATE_MBIT, not as fast as the sender can go: every
+        # millisecond of a burst then carries a known amount, a few times
+        # the threshold whatever the machine's speed; behind schedule (a
+        # pause), the sender catches up at once.
         # Each burst keeps EDGE clear of the millisecond boundaries of the
         # clock the BPF program counts by (CLOCK_MONOTONIC): the time a packet
         # is stamped here and the time it is counted in the kernel differ by
@@ -94,8 +92,9 @@ def main():
             while time.monotonic_ns() < start:
                 pass
             # The longest time between two sends: above a fraction of a
-            # millisecond the sender was interrupted (an IRQ storm, RT
-            # throttling) and the wire may show two bursts where one was meant.
+            # millisecond the sender was interrupted (the hypervisor took the
+            # CPU, an interrupt) and the wire may show two bursts where one
+            # was meant.
             last = start
             longest = 0
             while (now := time.monotonic_ns()) < end:
