@@ -604,7 +604,16 @@ impl Client {
             stream.set_read_timeout(Some(remaining()?)).map_err(io_error)?;
             let read = match stream.read(&mut chunk) {
                 Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // The socket's timeout counts in kernel ticks and may end a
+                // tick before the deadline: the loop's `remaining` decides.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
                 Err(error) => return Err(io_error(error)),
             };
             if read == 0 {
