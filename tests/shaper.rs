@@ -667,29 +667,35 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
     let (agent, port) = loopback_agent(&dir, &[stream, http], "");
 
     // A CONNECT tunnel at 80 Mbit/s: 10 MB/s over two seconds, never more
-    // than 5 % above. Below is scheduling, not behaviour (a busy 2-core
-    // machine starves the pacer: 64 Mbit/s was seen with a build beside the
-    // test); the floor catches a pacer that loses a third of its tokens, the
-    // way a millisecond timer did; bench/s3_proxy_vs_sdk.py measures how
-    // close it comes.
+    // than 5 % above. Below is scheduling, not behaviour: this VM's
+    // hypervisor starves the pacer now and then (53 Mbit/s in a CI run with
+    // nothing beside it, 64 with a build beside it). The floor catches a
+    // pacer that loses a third of its tokens, the way a millisecond timer
+    // did, which no window escapes; so the rate is measured over up to three
+    // windows until one reaches it, each checked against the limit.
+    // bench/s3_proxy_vs_sdk.py measures how close it comes.
     let mut client = tunnel(port, stream);
     let mut buf = vec![0u8; 65536];
     let mut first = [0u8; 1];
     client.read_exact(&mut first).unwrap();
-    let start = Instant::now();
-    let mut bytes = 0;
-    while start.elapsed() < Duration::from_secs(2) {
-        bytes += client.read(&mut buf).unwrap();
+    let mut rates = Vec::new();
+    while rates.len() < 3 && !rates.iter().any(|&rate| rate >= 80e6 * 0.7) {
+        let start = Instant::now();
+        let mut bytes = 0;
+        while start.elapsed() < Duration::from_secs(2) {
+            bytes += client.read(&mut buf).unwrap();
+        }
+        let rate = bytes as f64 * 8.0 / start.elapsed().as_secs_f64();
+        eprintln!("{rate:.0} bit/s through the tunnel paced at 80 Mbit/s");
+        assert!(
+            rate <= 80e6 * 1.05,
+            "{rate:.0} bit/s through the tunnel: above the limit"
+        );
+        rates.push(rate);
     }
-    let rate = bytes as f64 * 8.0 / start.elapsed().as_secs_f64();
-    eprintln!("{rate:.0} bit/s through the tunnel paced at 80 Mbit/s");
     assert!(
-        rate <= 80e6 * 1.05,
-        "{rate:.0} bit/s through the tunnel: above the limit"
-    );
-    assert!(
-        rate >= 80e6 * 0.7,
-        "{rate:.0} bit/s through the tunnel: the pacer lost tokens"
+        rates.iter().any(|&rate| rate >= 80e6 * 0.7),
+        "{rates:.0?} bit/s through the tunnel: the pacer lost tokens"
     );
     drop(client);
 

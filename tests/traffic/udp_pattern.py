@@ -102,8 +102,10 @@ def main():
                     continue
                 longest = max(longest, now - last)
                 last = now
-                sent_ms.append(now // 1_000_000)
                 sock.sendto(payload, target)
+                # The kernel counts the packet inside sendto: somewhere in
+                # the millisecond(s) from the call to its return.
+                sent_ms.append((now // 1_000_000, time.monotonic_ns() // 1_000_000))
                 packets += 1
             report["bursts"].append(
                 {"packets": packets, "wire_bytes": packets * wire, "longest_pause_ms": longest / 1e6}
@@ -118,10 +120,15 @@ def wire_bursts(sent_ms, wire, threshold_mbit):
     """The bursts as a detector of 1 ms slots sees them: runs of consecutive
     milliseconds above the threshold, with their bytes. An interrupted sender
     makes other bursts than it meant (a pause splits one in two): this is
-    what the wire carried all the same."""
+    what the wire carried all the same.
+
+    A packet is placed in the millisecond its sendto began; one whose sendto
+    ended in another (the sender was interrupted inside the call) may have
+    been counted there instead. Each run says how many bytes of such packets
+    begin or end inside it: by that much, the detector may see it differ."""
     per_ms = {}
-    for ms in sent_ms:
-        per_ms[ms] = per_ms.get(ms, 0) + wire
+    for began, _ in sent_ms:
+        per_ms[began] = per_ms.get(began, 0) + wire
     above = threshold_mbit * 1e6 / 8 / 1000
     runs = []
     for ms in sorted(per_ms):
@@ -132,7 +139,15 @@ def wire_bursts(sent_ms, wire, threshold_mbit):
             runs[-1]["bytes"] += per_ms[ms]
         else:
             runs.append({"start_ms": ms, "end_ms": ms + 1, "bytes": per_ms[ms]})
-    return [{"duration_ms": r["end_ms"] - r["start_ms"], "bytes": r["bytes"]} for r in runs]
+    for run in runs:
+        inside = range(run["start_ms"], run["end_ms"])
+        run["uncertain_bytes"] = wire * sum(
+            1 for began, ended in sent_ms if began != ended and (began in inside or ended in inside)
+        )
+    return [
+        {"duration_ms": r["end_ms"] - r["start_ms"], "bytes": r["bytes"], "uncertain_bytes": r["uncertain_bytes"]}
+        for r in runs
+    ]
 
 
 if __name__ == "__main__":
