@@ -17,25 +17,28 @@ Two measurements, as in the issue "eBPF pipeline and microburst detector":
    is shown beside it.
    "with": a hostwatch agent runs with only the netburst collector (every
    other collector that `hostwatch collectors` lists is disabled), include
-   "lo|VETH", recordings in a temp dir, default threshold and interval.
+   "lo|VETH", recordings in a temp dir, default threshold, interval and
+   hooks (TCX on this kernel: a program on each watched interface, egress
+   and ingress).
    "without": no agent at all, so no BPF program of ours is attached.
-   "hooks only": the same agent with an include that matches no interface:
-   the three programs attached, every packet turned away by their
-   interface pre-filter.
-   This is what every packet on a host's other interfaces pays (the hooks
-   are global; include only decides what is counted).
-   ROUNDS rounds; each runs the three states, all three paths in each, the
+   "tracepoints": the same agent with `hooks = "tracepoints"`, what kernels
+   without TCX get: three global tp_btf programs that every packet of the
+   host runs, turned away by an interface pre-filter when not watched.
+   "unwatched": the "with" agent with an include that matches no
+   interface: what a host's other interfaces pay (with TCX, nothing is
+   attached to them).
+   ROUNDS rounds; each runs the four states, all three paths in each, the
    state order rotating from round to round. The agent is started afresh
    for each block that has one and stopped after it.
    Compared: the median rate per path and state; loss = 1 - median with /
-   median without (and hooks only / without), and beside it the median of
+   median without (and likewise for the other states), and beside it the median of
    the per-round ratios.
    Also, because a shared machine makes rates noisy while CPU time per
    packet hardly depends on how much CPU others take: the sender side's CPU
    per datagram sent, i.e. the iperf3 client's CPU (its rusage) plus the
    ksoftirqd threads' (schedstat) over the run, divided by the datagrams
-   sent. All three hooks run there: the two transmit hooks in the sending
-   task, the receive hook in the softirq that follows it on the same CPU
+   sent. Every hook runs there: the transmit hooks in the sending task, the
+   receive hook in the softirq that follows it on the same CPU
    (this kernel has no IRQ_TIME_ACCOUNTING, so softirq time is charged to the
    task it interrupts, or to ksoftirqd). with / without of that cost is the
    rate a sender-bound flow would lose, and with - without the time the
@@ -108,13 +111,13 @@ PEER = "hwnbp0"
 HERE = "10.252.0.1"
 THERE = "10.252.0.2"
 PREFIX = 30
-# An include that matches no interface: the hooks attached, every packet turned away.
+# An include that matches no interface.
 UNWATCHED = "hwnbnone"
-STATES = ("without", "with", "hooks only")
+STATES = ("without", "with", "tracepoints", "unwatched")
 DATAGRAM = 64
 STEADY_DATAGRAM = 1400
 CLIENT_CPU, SERVER_CPU = 0, 1
-BPF_PROGRAMS = ("hw_net_xmit", "hw_net_owner", "hw_net_receive")
+BPF_PROGRAMS = ("hw_net_tc_egress", "hw_net_tc_ingress", "hw_net_xmit", "hw_net_owner", "hw_net_receive")
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 # Processes the benchmark started; the sampler leaves them out of "others".
@@ -468,7 +471,7 @@ class Agent:
         self.log.close()
 
 
-def agent_config(binary, threshold=None, include=f"lo|{VETH}"):
+def agent_config(binary, threshold=None, include=f"lo|{VETH}", hooks=None):
     """Only netburst: every other collector `hostwatch collectors` lists is disabled."""
     listing = run(binary, "collectors").stdout.splitlines()
     names = [line.split()[0] for line in listing[1:] if line.strip()]
@@ -479,6 +482,8 @@ def agent_config(binary, threshold=None, include=f"lo|{VETH}"):
     section = f'[collectors.netburst]\ninclude = "{include}"\nrecordings = "@RECORDINGS@"\n'
     if threshold:
         section += f'threshold = "{threshold}"\n'
+    if hooks:
+        section += f'hooks = "{hooks}"\n'
     sections.append(section)
     return "\n".join(sections), disabled
 
@@ -517,7 +522,8 @@ def main():
     default_config, disabled = agent_config(binary)
     steady_config, _ = agent_config(binary, "10Gbit")
     unwatched_config, _ = agent_config(binary, include=UNWATCHED)
-    for text in (default_config, steady_config, unwatched_config):
+    tracepoints_config, _ = agent_config(binary, hooks="tracepoints")
+    for text in (default_config, steady_config, unwatched_config, tracepoints_config):
         with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
             f.write(text.replace("@RECORDINGS@", "/nonexistent"))
             f.flush()
@@ -559,7 +565,9 @@ def main():
                         agent = None
                         if state == "with":
                             agent = Agent(binary, default_config, tmp, processes, f"rate{round_}")
-                        elif state == "hooks only":
+                        elif state == "tracepoints":
+                            agent = Agent(binary, tracepoints_config, tmp, processes, f"rate{round_}t")
+                        elif state == "unwatched":
                             agent = Agent(binary, unwatched_config, tmp, processes, f"rate{round_}u", watched=())
                         if agent:
                             time.sleep(1.0)  # past the first folds
@@ -578,11 +586,11 @@ def main():
                                     "sent": sent,
                                     "agent": agent_cpu,
                                     # The sender's side: the client and softirq work (charged to the
-                                    # task it interrupts, or to ksoftirqd), where all three hooks run.
+                                    # task it interrupts, or to ksoftirqd), where every hook runs.
                                     "sender_us": (cpu["client"] + cpu["ksoftirqd"]) / packets * 1e6,
                                 }
                             )
-                        if agent and state == "with":
+                        if agent and state in ("with", "tracepoints"):
                             bursts = agent.values("hostwatch_net_bursts_total")
                             lost = agent.values("hostwatch_net_slots_lost_total")
                             errors = agent.values("hostwatch_collector_errors_total")
@@ -783,10 +791,10 @@ def main():
         print("| agent | program | runs / s at 1 Gbit/s | ns / run | runs per datagram sent | % of one core at 1 Gbit/s | % of one core idle |")
         print("|---|---|---|---|---|---|---|")
         for r in bpf_rows:
-            rows = sorted(r["programs"].items()) + [("all three", bpf_sum(r["programs"]))]
+            rows = sorted(r["programs"].items()) + [("all", bpf_sum(r["programs"]))]
             for name, (runs, ns) in rows:
                 per_run = ns / runs if runs else float("nan")
-                idle = f"{r['idle_ns'] / 1e9 / r['idle_wall'] * 100:.3f}" if name == "all three" else ""
+                idle = f"{r['idle_ns'] / 1e9 / r['idle_wall'] * 100:.3f}" if name == "all" else ""
                 print(
                     f"| {r['label']} | {name} | {runs / r['wall']:.0f} | {per_run:.0f} "
                     f"| {runs / r['wall'] / r['sent_pps']:.2f} | {ns / 1e9 / r['wall'] * 100:.2f} | {idle} |"

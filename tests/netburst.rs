@@ -17,10 +17,15 @@ use support::{Agent, TempDir, repo_root, value, wait_for};
 
 /// The agent, counting `net`'s host end at a 200 Mbit/s threshold.
 fn watching(net: &TestNet, dir: &TempDir) -> Agent {
+    watching_with(net, dir, "auto")
+}
+
+/// The same, counting with `hooks` (`auto`, `tcx` or `tracepoints`).
+fn watching_with(net: &TestNet, dir: &TempDir, hooks: &str) -> Agent {
     let config = dir.write(
         "hostwatch.toml",
         &format!(
-            "[collectors.netburst]\ninclude = \"{}\"\nthreshold = \"200Mbit\"\nrecordings = \"{}\"\n",
+            "[collectors.netburst]\ninclude = \"{}\"\nthreshold = \"200Mbit\"\nrecordings = \"{}\"\nhooks = \"{hooks}\"\n",
             net.host,
             dir.join("recordings").display()
         ),
@@ -234,18 +239,34 @@ fn ingress_bursts_are_counted_exactly() {
     bursts_are_exact(true);
 }
 
-/// Two senders in two cgroups, only one bursting: the bursts name that one.
+/// Two senders in two cgroups, only one bursting: the bursts name that one,
+/// with TCX (this kernel's default) and with the tracepoints older kernels use.
 #[test]
 fn bursts_name_the_bursting_cgroup() {
     require_root!("to load BPF programs and create network namespaces");
+    bursts_name_the_bursting_cgroup_with("tcx");
+}
+
+#[test]
+fn bursts_name_the_bursting_cgroup_with_tracepoints() {
+    require_root!("to load BPF programs and create network namespaces");
+    bursts_name_the_bursting_cgroup_with("tracepoints");
+}
+
+fn bursts_name_the_bursting_cgroup_with(hooks: &str) {
     let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
         .map(PathBuf::from)
         .find(|dir| dir.join("cgroup.controllers").exists())
         .expect("a cgroup v2 hierarchy");
     let dir = TempDir::new("attribution");
-    let net = TestNet::new("a");
-    let agent = watching(&net, &dir);
+    let net = TestNet::new(if hooks == "tcx" { "a" } else { "t" });
+    let agent = watching_with(&net, &dir, hooks);
+    let loaded = agent.logged("netburst programs loaded", "hooks").unwrap_or_default();
+    assert!(
+        loaded.starts_with(if hooks == "tcx" { "TCX" } else { "tracepoints" }),
+        "{hooks}: {loaded:?}"
+    );
     let id = std::process::id();
     let cgroups = [
         root.join(format!("hwtest-steady-{id}")),
@@ -288,6 +309,7 @@ fn bursts_name_the_bursting_cgroup() {
             "0.7",
         ],
     );
+    let bursty_pid = u64::from(bursty.id());
     std::fs::write(cgroups[0].join("cgroup.procs"), steady.id().to_string()).unwrap();
     std::fs::write(cgroups[1].join("cgroup.procs"), bursty.id().to_string()).unwrap();
     let (steady, bursty) = (steady.wait_with_output().unwrap(), bursty.wait_with_output().unwrap());
@@ -299,6 +321,8 @@ fn bursts_name_the_bursting_cgroup() {
     let bursty_path = format!("/hwtest-bursty-{id}");
     for event in &events {
         assert_eq!(event["contributors"][0]["cgroup"], bursty_path.as_str(), "{event}");
+        // UDP sends transmit in the sender's own context.
+        assert_eq!(event["contributors"][0]["pid"], bursty_pid, "{event}");
     }
     let metric = format!(
         "hostwatch_net_burst_contributor_bytes_total{{interface=\"{}\",direction=\"transmit\",cgroup=\"{bursty_path}\"}}",

@@ -7,7 +7,7 @@
 //! kernel refused a program, goes to the debug log.
 
 use aya::Ebpf;
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, SchedClassifier, TracePoint};
 use hostwatch_ebpf::{Error, Object};
 use tracing::debug;
 
@@ -20,16 +20,29 @@ pub enum Hook {
     BtfTracePoint(&'static str),
     /// `SEC("tracepoint/CATEGORY/NAME")`: a classic tracepoint.
     TracePoint(&'static str, &'static str),
+    /// `SEC("classifier")`: loaded only; the collector attaches it to each
+    /// interface it chooses (TCX).
+    Tc,
 }
 
 /// Loads `object` and attaches each `(program, hook)`. The links live as long
 /// as the returned [`Ebpf`]: dropping it detaches everything.
 pub fn load_and_attach(object: &'static Object, programs: &[(&'static str, Hook)]) -> Result<Ebpf, Unavailable> {
     let mut ebpf = hostwatch_ebpf::load(object).map_err(unavailable)?;
-    let btf = aya::Btf::from_sys_fs().map_err(|error| {
-        Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"))
-            .with_remedy("run a kernel built with CONFIG_DEBUG_INFO_BTF=y (current distribution kernels are)")
-    })?;
+    attach(&mut ebpf, object, programs)?;
+    Ok(ebpf)
+}
+
+/// Loads each `(program, hook)` of `ebpf` (loaded from `object`) and attaches it.
+pub fn attach(ebpf: &mut Ebpf, object: &'static Object, programs: &[(&'static str, Hook)]) -> Result<(), Unavailable> {
+    let btf = if programs.iter().any(|(_, hook)| matches!(hook, Hook::BtfTracePoint(_))) {
+        Some(aya::Btf::from_sys_fs().map_err(|error| {
+            Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"))
+                .with_remedy("run a kernel built with CONFIG_DEBUG_INFO_BTF=y (current distribution kernels are)")
+        })?)
+    } else {
+        None
+    };
     for (name, hook) in programs {
         let program = ebpf
             .program_mut(name)
@@ -45,20 +58,25 @@ pub fn load_and_attach(object: &'static Object, programs: &[(&'static str, Hook)
                 source,
             })
         };
-        match hook {
-            Hook::BtfTracePoint(tracepoint) => {
+        match (hook, &btf) {
+            (Hook::BtfTracePoint(tracepoint), Some(btf)) => {
                 let program: &mut BtfTracePoint = program.try_into().map_err(failed)?;
-                program.load(tracepoint, &btf).map_err(failed)?;
+                program.load(tracepoint, btf).map_err(failed)?;
                 program.attach().map_err(failed)?;
             }
-            Hook::TracePoint(category, tracepoint) => {
+            (Hook::TracePoint(category, tracepoint), _) => {
                 let program: &mut TracePoint = program.try_into().map_err(failed)?;
                 program.load().map_err(failed)?;
                 program.attach(category, tracepoint).map_err(failed)?;
             }
+            (Hook::Tc, _) => {
+                let program: &mut SchedClassifier = program.try_into().map_err(failed)?;
+                program.load().map_err(failed)?;
+            }
+            (Hook::BtfTracePoint(_), None) => unreachable!("BTF is read when a program needs it"),
         }
     }
-    Ok(ebpf)
+    Ok(())
 }
 
 /// The collector's reason for an eBPF failure.

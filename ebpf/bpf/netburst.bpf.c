@@ -4,12 +4,23 @@
  * and per millisecond, in per-CPU rings that the agent folds several times a
  * second. Constant work per packet, no per-packet event to userspace.
  *
- * Hooks: tp_btf/net_dev_xmit (egress counts, the device from the BTF
- * argument: the classic tracepoint misattributes veth traffic),
+ * Two sets of hooks count the same way; the agent loads one of them.
+ *
+ * TCX (Linux 6.6+; 6.10+ for the sending task): hw_net_tc_egress and
+ * hw_net_tc_ingress, attached by the agent to each watched interface of its
+ * own namespace, so that a packet on any other interface runs nothing of
+ * ours. Egress is counted as the stack hands the packet to the device's
+ * queueing discipline, before any queue it may wait in.
+ *
+ * Tracepoints (older kernels): tp_btf/net_dev_xmit (egress counts, the device
+ * from the BTF argument: the classic tracepoint misattributes veth traffic),
  * tp_btf/net_dev_start_xmit (egress senders while a CPU's millisecond is
  * above its gate, and the egress interface lookup handed on to
- * net_dev_xmit) and tp_btf/netif_receive_skb
- * (ingress). Needs BTF and CAP_BPF + CAP_PERFMON.
+ * net_dev_xmit) and tp_btf/netif_receive_skb (ingress). They run for every
+ * packet on every interface of every namespace, and turn away those not
+ * watched.
+ *
+ * Needs BTF and CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for TCX).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -18,6 +29,10 @@
 #include "hostwatch.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* The agent's network namespace (its inode): the TCX programs run only on
+ * interfaces the agent attached them to, all in that namespace. */
+const volatile __u32 hw_net_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -67,6 +82,18 @@ struct {
 	__type(value, __u32);
 } net_iface_filter SEC(".maps");
 
+/* The TCX programs' first test: per ifindex & (HW_NET_FILTER - 1), the watched
+ * interface of the agent's namespace with that index (ifindex << 32 | its id),
+ * 0 if none. Inlined, it spares most packets the hash lookup; an interface
+ * whose entry another holds is found in net_iface_ids. One 64-bit value, so a
+ * program never sees an ifindex with another interface's id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HW_NET_FILTER);
+	__type(key, __u32);
+	__type(value, __u64);
+} net_tc_ids SEC(".maps");
+
 /* The packet hw_net_owner saw last on this CPU and its series, for
  * hw_net_xmit: both run in xmit_one for the same packet, back to back with
  * bottom halves off, so the exact interface lookup is done once per packet
@@ -114,11 +141,13 @@ static __always_inline int series_of(struct net_device *dev, __u32 ifindex, __u3
 	return 0;
 }
 
-static __always_inline void count(__u32 series, __u32 len)
+/* Counts len bytes in series' current millisecond; returns the bytes this
+ * CPU had counted in it before. */
+static __always_inline __u64 count(__u32 series, __u32 len)
 {
 	struct hw_net_ring *ring = bpf_map_lookup_elem(&net_rings, &series);
 	if (!ring)
-		return;
+		return 0;
 	__u64 ms = bpf_ktime_get_ns() / 1000000;
 	__u32 slot = ms & (HW_NET_RING - 1);
 	if (ring->ms[slot] != ms) {
@@ -126,8 +155,37 @@ static __always_inline void count(__u32 series, __u32 len)
 		ring->bytes[slot] = 0;
 		ring->packets[slot] = 0;
 	}
-	ring->bytes[slot] += len;
+	__u64 before = ring->bytes[slot];
+	ring->bytes[slot] = before + len;
 	ring->packets[slot] += 1;
+	return before;
+}
+
+/* Whether a sender is attributed once its CPU has counted `counted` bytes in
+ * the current millisecond of series. */
+static __always_inline int gate_open(__u32 series, __u64 counted)
+{
+	__u64 *gate = bpf_map_lookup_elem(&net_gate, &series);
+	return !gate || !*gate || counted > *gate;
+}
+
+/* The socket's cgroup is the sender's, always. The task on CPU is the sender
+ * when the stack transmits in process context (most sends); from softirq
+ * (qdisc dequeue, retransmit timers) it is whichever task was interrupted,
+ * so userspace calls it a hint. */
+static __always_inline void attribute(__u64 cgroup, __u32 series, __u64 len)
+{
+	struct hw_net_owner owner = {
+		.cgroup = cgroup,
+		.tgid = bpf_get_current_pid_tgid() >> 32,
+		.series = series,
+	};
+	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
+	if (bytes) {
+		*bytes += len;
+	} else {
+		bpf_map_update_elem(&net_owner_bytes, &owner, &len, BPF_NOEXIST);
+	}
 }
 
 SEC("tp_btf/net_dev_xmit")
@@ -172,34 +230,16 @@ int BPF_PROG(hw_net_owner, struct sk_buff *skb, struct net_device *dev)
 	if (!sk)
 		return 0;
 	__u64 len = skb->len;
-	__u64 *gate = bpf_map_lookup_elem(&net_gate, &series);
-	if (gate && *gate) {
-		/* hw_net_xmit counts this packet after us: the ring holds the
-		 * millisecond so far without it. */
-		struct hw_net_ring *ring = bpf_map_lookup_elem(&net_rings, &series);
-		if (!ring)
-			return 0;
-		__u64 ms = bpf_ktime_get_ns() / 1000000;
-		__u32 slot = ms & (HW_NET_RING - 1);
-		__u64 counted = ring->ms[slot] == ms ? ring->bytes[slot] : 0;
-		if (counted + len <= *gate)
-			return 0;
-	}
-	/* The socket's cgroup is the sender's, always. The task on CPU is the
-	 * sender when the stack transmits in process context (most sends);
-	 * from softirq (qdisc dequeue, retransmit timers) it is whichever
-	 * task was interrupted, so userspace calls it a hint. */
-	struct hw_net_owner owner = {
-		.cgroup = sk->sk_cgrp_data.cgroup->kn->id,
-		.tgid = bpf_get_current_pid_tgid() >> 32,
-		.series = series,
-	};
-	__u64 *bytes = bpf_map_lookup_elem(&net_owner_bytes, &owner);
-	if (bytes) {
-		*bytes += len;
-	} else {
-		bpf_map_update_elem(&net_owner_bytes, &owner, &len, BPF_NOEXIST);
-	}
+	/* hw_net_xmit counts this packet after us: the ring holds the
+	 * millisecond so far without it. */
+	struct hw_net_ring *ring = bpf_map_lookup_elem(&net_rings, &series);
+	if (!ring)
+		return 0;
+	__u64 ms = bpf_ktime_get_ns() / 1000000;
+	__u32 slot = ms & (HW_NET_RING - 1);
+	__u64 counted = ring->ms[slot] == ms ? ring->bytes[slot] : 0;
+	if (gate_open(series, counted + len))
+		attribute(sk->sk_cgrp_data.cgroup->kn->id, series, len);
 	return 0;
 }
 
@@ -220,4 +260,52 @@ int BPF_PROG(hw_net_receive, struct sk_buff *skb)
 		len += data - (head + mac_header);
 	count(series, len);
 	return 0;
+}
+
+/* The series of a watched interface of the agent's namespace. */
+static __always_inline int tc_series(__u32 ifindex, __u32 direction, __u32 *series)
+{
+	__u32 slot = ifindex & (HW_NET_FILTER - 1);
+	__u64 *entry = bpf_map_lookup_elem(&net_tc_ids, &slot);
+	if (entry && *entry >> 32 == ifindex) {
+		*series = (__u32)*entry * 2 + direction;
+		return 0;
+	}
+	struct hw_net_iface key = {
+		.netns = hw_net_netns,
+		.ifindex = ifindex,
+	};
+	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
+	if (!id)
+		return -1;
+	*series = *id * 2 + direction;
+	return 0;
+}
+
+/* skb->len includes the link-layer header in both directions here, as the
+ * driver's byte count does. TCX_NEXT: the verdict is left to whatever else is
+ * attached. */
+SEC("classifier")
+int hw_net_tc_egress(struct __sk_buff *skb)
+{
+	__u32 series;
+	if (tc_series(skb->ifindex, HW_NET_TRANSMIT, &series))
+		return TCX_NEXT;
+	__u32 len = skb->len;
+	if (gate_open(series, count(series, len) + len)) {
+		/* 0 without a socket: forwarded packets have no sender here. */
+		__u64 cgroup = bpf_skb_cgroup_id(skb);
+		if (cgroup)
+			attribute(cgroup, series, len);
+	}
+	return TCX_NEXT;
+}
+
+SEC("classifier")
+int hw_net_tc_ingress(struct __sk_buff *skb)
+{
+	__u32 series;
+	if (!tc_series(skb->ifindex, HW_NET_RECEIVE, &series))
+		count(series, skb->len);
+	return TCX_NEXT;
 }

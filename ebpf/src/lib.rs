@@ -144,7 +144,16 @@ mod tests {
         let object = aya_obj::Object::parse(NETBURST.bytes).expect("netburst parses");
         let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
         programs.sort_unstable();
-        assert_eq!(programs, ["hw_net_owner", "hw_net_receive", "hw_net_xmit"]);
+        assert_eq!(
+            programs,
+            [
+                "hw_net_owner",
+                "hw_net_receive",
+                "hw_net_tc_egress",
+                "hw_net_tc_ingress",
+                "hw_net_xmit"
+            ]
+        );
         let mut maps: Vec<&str> = object
             .maps
             .keys()
@@ -160,7 +169,8 @@ mod tests {
                 "net_iface_ids",
                 "net_owner_bytes",
                 "net_pending",
-                "net_rings"
+                "net_rings",
+                "net_tc_ids"
             ]
         );
 

@@ -42,6 +42,7 @@ use tracing::{info, warn};
 
 use self::attribution::Attribution;
 pub use self::attribution::Contributor;
+pub use self::backend::Hooks;
 use self::backend::{Backend, BpfBackend};
 use self::detector::{Burst, Detector, MAX_SUMMARY_SECONDS, Transition, WINDOWS};
 use self::fold::{Folder, Slot};
@@ -84,6 +85,9 @@ collector_section! {
         pub recordings: PathBuf = PathBuf::from("/var/lib/hostwatch/recordings"),
         pub max_recordings: usize = 64,
         pub max_recording_bytes: u64 = 64 << 20,
+        /// Where packets are counted: `auto` (TCX on each watched interface
+        /// where the kernel has it, else tracepoints), `tcx` or `tracepoints`.
+        pub hooks: Hooks = Hooks::Auto,
     }
 }
 
@@ -161,7 +165,7 @@ impl Direction {
 
 pub static SPEC: CollectorSpec = CollectorSpec {
     name: "netburst",
-    needs: "root (CAP_BPF, CAP_PERFMON), kernel BTF; tp_btf net_dev_xmit, net_dev_start_xmit, netif_receive_skb",
+    needs: "root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), kernel BTF; TCX on the watched interfaces (Linux 6.6+), else tp_btf net_dev_xmit, net_dev_start_xmit, netif_receive_skb",
     default_interval: Duration::from_millis(100),
     section: |config| &config.netburst,
     build: |context| {
@@ -173,7 +177,16 @@ pub static SPEC: CollectorSpec = CollectorSpec {
                 class_net.display()
             )));
         }
-        Ok(Box::new(NetBurst::new(context, Box::new(BpfBackend::new()?))?))
+        let netns = NetIface::own_netns()
+            .map_err(|error| Unavailable::new(format!("no network namespace: /proc/self/ns/net: {error}")))?;
+        let backend = BpfBackend::new(context.config.netburst.hooks, netns)?;
+        let hooks = if backend.tcx() {
+            "TCX on each watched interface"
+        } else {
+            "tracepoints, for every packet of the host"
+        };
+        info!(hooks, "netburst programs loaded");
+        Ok(Box::new(NetBurst::new(context, netns, Box::new(backend))?))
     },
 };
 
@@ -224,7 +237,7 @@ static RECORDING_FAILURES: Desc = Desc::counter(
 );
 static UNWATCHED: Desc = Desc::gauge(
     "hostwatch_net_burst_interfaces_unwatched",
-    "Selected interfaces not counted because 32 already are.",
+    "Selected interfaces not counted: 32 already are, or the hooks could not be attached to them (the log says why).",
     &[],
 );
 
@@ -280,6 +293,8 @@ struct NetBurst {
     watched: Vec<Option<Watched>>,
     spare: Vec<History>,
     unwatched: usize,
+    /// Interfaces whose hooks could not be attached, not tried again.
+    refused: Vec<NetIface>,
     scanned: Option<Instant>,
     attribution: Attribution,
     recorder: Recorder,
@@ -297,15 +312,12 @@ struct NetBurst {
 }
 
 impl NetBurst {
-    fn new(context: &Context, backend: Box<dyn Backend>) -> Result<Self, Unavailable> {
+    /// `netns`: the agent's network namespace, whose interfaces it counts.
+    fn new(context: &Context, netns: u32, backend: Box<dyn Backend>) -> Result<Self, Unavailable> {
         let config = context.config.netburst.clone();
         if config.summary_window.get() > Duration::from_secs(MAX_SUMMARY_SECONDS) {
             return Err(Unavailable::new("summary_window is longer than 60s"));
         }
-        // The BPF program keys interfaces by the inode of their network
-        // namespace: ours, since we list our namespace's interfaces.
-        let netns = NetIface::own_netns()
-            .map_err(|error| Unavailable::new(format!("no network namespace: /proc/self/ns/net: {error}")))?;
         Ok(Self {
             backend,
             selector: Selector {
@@ -324,6 +336,7 @@ impl NetBurst {
             watched: (0..NET_MAX_IFACES).map(|_| None).collect(),
             spare: Vec::new(),
             unwatched: 0,
+            refused: Vec::new(),
             scanned: None,
             attribution: Attribution::new(&context.paths),
             allowance_seen: None,
@@ -392,15 +405,27 @@ impl NetBurst {
             }
         }
         self.unwatched = 0;
+        self.refused.retain(|key| present.iter().any(|(_, k)| k == key));
         for (name, key) in present {
             if self.watched.iter().flatten().any(|w| w.key == key) {
+                continue;
+            }
+            if self.refused.contains(&key) {
+                self.unwatched += 1;
                 continue;
             }
             let Some(id) = self.watched.iter().position(Option::is_none) else {
                 self.unwatched += 1;
                 continue;
             };
-            self.backend.watch(key, id as u32)?;
+            // One interface the hooks cannot attach to (an odd device type)
+            // stays uncounted until it is recreated; the others go on.
+            if let Err(error) = self.backend.watch(&name, key, id as u32) {
+                warn!(interface = %name, %error, "cannot count this interface");
+                self.refused.push(key);
+                self.unwatched += 1;
+                continue;
+            }
             let series = Direction::BOTH.map(|direction| Series {
                 direction,
                 folder: Folder::default(),

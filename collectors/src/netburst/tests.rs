@@ -27,7 +27,7 @@ struct Kernel {
 struct Scripted(Arc<Mutex<Kernel>>);
 
 impl Backend for Scripted {
-    fn watch(&mut self, iface: NetIface, id: u32) -> Result<(), CollectError> {
+    fn watch(&mut self, _name: &str, iface: NetIface, id: u32) -> Result<(), CollectError> {
         self.0.lock().unwrap().watched.push((iface, id));
         Ok(())
     }
@@ -102,7 +102,8 @@ fn collector(tree: &TempTree, kernel: &Scripted, edit: impl FnOnce(&mut Config))
     config.netburst.threshold = Threshold::parse("1Gbit").unwrap();
     config.netburst.recordings = tree.root().join("recordings");
     edit(&mut config.netburst);
-    NetBurst::new(&Context::new(tree.paths(), config), Box::new(kernel.clone())).expect("builds")
+    let netns = NetIface::own_netns().expect("netns");
+    NetBurst::new(&Context::new(tree.paths(), config), netns, Box::new(kernel.clone())).expect("builds")
 }
 
 fn collect(netburst: &mut NetBurst) -> MetricSet {
@@ -259,17 +260,38 @@ fn thresholds_parse_strictly() {
     assert!(matches!(Threshold::parse("2Gbit"), Ok(Threshold::Rate(r)) if r.bits_per_second() == 2e9));
 }
 
-/// The real backend's pre-filter counts interfaces per filter entry: removing
-/// one that shares loopback's entry (the same ifindex in another namespace,
-/// or an ifindex NET_FILTER apart) must not stop loopback being counted.
+/// Sends 100 datagrams of 1000 bytes to loopback and returns the packets
+/// `backend` counted on series `id` in each direction (transmit, receive).
+fn count_loopback(backend: &mut BpfBackend, id: u32) -> [u64; 2] {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = socket.local_addr().expect("addr");
+    for _ in 0..100 {
+        socket.send_to(&[7u8; 1000], target).expect("send");
+    }
+    let mut rings = Vec::new();
+    [NET_TRANSMIT, NET_RECEIVE].map(|direction| {
+        backend.rings(id * 2 + direction, &mut rings).expect("rings");
+        rings
+            .iter()
+            .flat_map(|ring| ring.packets.iter())
+            .map(|p| u64::from(*p))
+            .sum()
+    })
+}
+
+/// The tracepoint backend's pre-filter counts interfaces per filter entry:
+/// removing one that shares loopback's entry (the same ifindex in another
+/// namespace, or an ifindex NET_FILTER apart) must not stop loopback being
+/// counted.
 #[test]
 fn unwatching_an_interface_that_shares_a_filter_entry_keeps_counting_the_other() {
     if !is_root() {
         eprintln!("skipped: loading BPF programs needs root (CAP_BPF, CAP_PERFMON)");
         return;
     }
-    let mut backend = BpfBackend::new().expect("netburst loads and attaches");
     let netns = NetIface::own_netns().expect("netns");
+    let mut backend = BpfBackend::new(Hooks::Tracepoints, netns).expect("netburst loads and attaches");
+    assert!(!backend.tcx());
     let lo = NetIface::read(netns, Path::new("/sys/class/net/lo")).expect("lo");
     let ifindex = lo.ifindex;
     let elsewhere = NetIface {
@@ -280,26 +302,76 @@ fn unwatching_an_interface_that_shares_a_filter_entry_keeps_counting_the_other()
         netns,
         ifindex: ifindex + hostwatch_ebpf::maps::NET_FILTER,
     };
-    backend.watch(elsewhere, 0).expect("watch");
-    backend.watch(lo, 1).expect("watch");
-    backend.watch(apart, 2).expect("watch");
+    backend.watch("elsewhere", elsewhere, 0).expect("watch");
+    backend.watch("lo", lo, 1).expect("watch");
+    backend.watch("apart", apart, 2).expect("watch");
     backend.unwatch(elsewhere).expect("unwatch");
     backend.unwatch(apart).expect("unwatch");
+    // 100 sent, perhaps with a little other loopback traffic.
+    let [transmitted, received] = count_loopback(&mut backend, 1);
+    assert!(
+        transmitted >= 100 && received >= 100,
+        "{transmitted} out, {received} in"
+    );
+}
 
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let target = socket.local_addr().expect("addr");
-    for _ in 0..100 {
-        socket.send_to(&[7u8; 1000], target).expect("send");
+/// The TCX backend counts an interface from the moment it is watched until
+/// it is unwatched, and then runs nothing on it: its links are gone. Found
+/// by its entry in the programs' first test, or by the hash lookup when
+/// another interface holds that entry.
+#[test]
+fn tcx_counts_an_interface_only_while_it_is_watched() {
+    if !is_root() {
+        eprintln!("skipped: attaching TCX programs needs root (CAP_BPF, CAP_NET_ADMIN)");
+        return;
     }
-    let mut rings = Vec::new();
-    for direction in [NET_TRANSMIT, NET_RECEIVE] {
-        backend.rings(2 + direction, &mut rings).expect("rings");
-        let packets: u64 = rings
-            .iter()
-            .flat_map(|ring| ring.packets.iter())
-            .map(|p| u64::from(*p))
-            .sum();
-        // 100 sent, perhaps with a little other loopback traffic.
-        assert!(packets >= 100, "direction {direction}: packets {packets}");
-    }
+    let netns = NetIface::own_netns().expect("netns");
+    let mut backend = BpfBackend::new(Hooks::Tcx, netns).expect("netburst loads");
+    assert!(backend.tcx());
+    let lo = NetIface::read(netns, Path::new("/sys/class/net/lo")).expect("lo");
+    let slot = lo.ifindex & (hostwatch_ebpf::maps::NET_FILTER - 1);
+    assert_eq!(count_loopback(&mut backend, 3), [0, 0], "not watched yet");
+
+    // Another interface (an ifindex NET_FILTER apart) holds lo's entry.
+    let other = u64::from(lo.ifindex + hostwatch_ebpf::maps::NET_FILTER) << 32 | 9;
+    backend.tc_ids.set(slot, other, 0).expect("set");
+    backend.watch("lo", lo, 3).expect("watch");
+    let [transmitted, received] = count_loopback(&mut backend, 3);
+    assert!(
+        transmitted >= 100 && received >= 100,
+        "{transmitted} out, {received} in"
+    );
+    backend.unwatch(lo).expect("unwatch");
+    assert_eq!(
+        backend.tc_ids.get(&slot, 0).expect("get"),
+        other,
+        "the other's entry kept"
+    );
+    backend.tc_ids.set(slot, 0, 0).expect("set");
+
+    backend.watch("lo", lo, 3).expect("watch");
+    assert_eq!(backend.tc_ids.get(&slot, 0).expect("get") >> 32, u64::from(lo.ifindex));
+    let [before_out, before_in] = count_loopback(&mut backend, 3);
+    assert!(before_out >= 100 + transmitted && before_in >= 100 + received);
+    backend.unwatch(lo).expect("unwatch");
+    assert_eq!(backend.tc_ids.get(&slot, 0).expect("get"), 0, "entry freed");
+    // The id is watched again without links: a program still attached to lo
+    // would count into it.
+    backend.ids.insert(lo, 3, 0).expect("insert");
+    let before = count_loopback(&mut backend, 3);
+    let after = count_loopback(&mut backend, 3);
+    assert_eq!(before, after, "counted after unwatch");
+    assert!(
+        backend
+            .watch(
+                "no-such-interface",
+                NetIface {
+                    netns,
+                    ifindex: 999_999
+                },
+                4
+            )
+            .is_err(),
+        "attaching to a missing interface fails"
+    );
 }
