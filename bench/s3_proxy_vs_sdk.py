@@ -22,14 +22,16 @@ What, part 2 (no root): overhead at no limit on loopback. A source on
 127.0.0.1 sends BYTES to each connection (socket.sendfile from a file in
 /dev/shm); a sink reads with 1 MiB recv_into, directly or through a CONNECT
 tunnel of the proxy (a policy without rates). Rounds alternate direct and
-proxied. The source and the sink share CPU 0 and the agent runs on CPU 1:
+proxied (and, with --compare BINARY, through a second agent built from other
+code, for a before-and-after in the same rounds). The source and the sink
+share CPU 0 and the agent runs on CPU 1:
 on two cores three busy parties would otherwise measure the scheduler (the
 proxy doubles the loopback TCP work, which the kernel charges to whoever
 sends). Reported: throughput of each, their ratio, and the agent's CPU
 seconds per GiB relayed (utime + stime of the agent over the proxied blocks).
 
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
-           [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3]
+           [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3] [--compare BINARY]
            [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none]
            [--overhead-only] [--unpinned]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
@@ -275,8 +277,13 @@ def part_two(args):
     target = listener.getsockname()[1]
     stop = threading.Event()
     threading.Thread(target=source, args=(listener, path, stop), daemon=True).start()
-    proxy_port = free_port()
-    agent = Agent(args.hostwatch, f"""
+    binaries = {"proxy": args.hostwatch}
+    if args.compare:
+        binaries["proxy (compared)"] = args.compare
+    agents, ports = {}, {}
+    for way, binary in binaries.items():
+        ports[way] = free_port()
+        agents[way] = Agent(binary, f"""
 [collectors.cpu]
 enabled = false
 [collectors.memory]
@@ -299,45 +306,48 @@ enabled = false
 enabled = false
 [shaping]
 enabled = true
-listen = "127.0.0.1:{proxy_port}"
+listen = "127.0.0.1:{ports[way]}"
 ports = [{target}]
 [[shaping.policy]]
 name = "loopback"
 hosts = ["127.0.0.1"]
 """, cpu=None if args.unpinned else 1)
-    results = {"direct": [], "proxy": []}
-    cpu = 0.0
+    results = {way: [] for way in ["direct", *binaries]}
+    cpu = {way: 0.0 for way in binaries}
     for _ in range(args.rounds):
-        for way in ["direct", "proxy"]:
+        for way in results:
             if way == "direct":
                 sock = socket.create_connection(("127.0.0.1", target))
             else:
-                sock = socket.create_connection(("127.0.0.1", proxy_port))
+                sock = socket.create_connection(("127.0.0.1", ports[way]))
                 sock.sendall(f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\n\r\n".encode())
                 head = b""
                 while not head.endswith(b"\r\n\r\n"):
                     head += sock.recv(1)
                 assert head.startswith(b"HTTP/1.1 200"), head
-            before = agent.cpu_seconds()
+            before = agents[way].cpu_seconds() if way in agents else 0.0
             start = time.perf_counter()
             got = sink(sock, total)
             elapsed = time.perf_counter() - start
-            if way == "proxy":
-                cpu += agent.cpu_seconds() - before
+            if way in agents:
+                cpu[way] += agents[way].cpu_seconds() - before
             sock.close()
             assert got == total, (way, got)
             results[way].append(got / elapsed)
     stop.set()
     listener.close()
-    agent.stop()
-    direct, proxied = statistics.median(results["direct"]), statistics.median(results["proxy"])
+    for agent in agents.values():
+        agent.stop()
+    direct = statistics.median(results["direct"])
     gib = total * args.rounds / (1 << 30)
-    pinning = "unpinned" if args.unpinned else "source and sink on CPU 0, agent on CPU 1"
+    pinning = "unpinned" if args.unpinned else "source and sink on CPU 0, agents on CPU 1"
     print(f"\nOverhead at no limit on loopback ({pinning}): {args.overhead_gib} GiB per transfer, {args.rounds} rounds, median.\n")
-    print("| path | GB/s | x direct | agent CPU s per GiB |")
-    print("|---|---|---|---|")
-    print(f"| direct | {direct / 1e9:.2f} | 1.00 | |")
-    print(f"| through the proxy (CONNECT) | {proxied / 1e9:.2f} | {proxied / direct:.2f} | {cpu / gib:.3f} |")
+    print("| path | binary | GB/s | x direct | agent CPU s per GiB |")
+    print("|---|---|---|---|---|")
+    print(f"| direct | | {direct / 1e9:.2f} | 1.00 | |")
+    for way, binary in binaries.items():
+        proxied = statistics.median(results[way])
+        print(f"| through the proxy (CONNECT) | {binary} | {proxied / 1e9:.2f} | {proxied / direct:.2f} | {cpu[way] / gib:.3f} |")
 
 
 def main():
@@ -352,6 +362,7 @@ def main():
     parser.add_argument("--limiters", default="hostwatch,sdk,none")
     parser.add_argument("--overhead-only", action="store_true", help="skip part 1")
     parser.add_argument("--unpinned", action="store_true", help="part 2 without CPU pinning")
+    parser.add_argument("--compare", help="part 2: another hostwatch binary whose proxy runs in the same rounds")
     args = parser.parse_args()
     print(f"Run: {time.strftime('%Y-%m-%d')} on {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs")
     if args.overhead_only:

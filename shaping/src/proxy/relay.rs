@@ -2,18 +2,22 @@
 //! token buckets.
 //!
 //! Reads and writes the two sockets it is given, nothing else. Each direction
-//! waits until its source is readable, reserves a slice of tokens, then reads
+//! waits until its source is readable, reserves a slice of tokens, then moves
 //! at most that slice: for a download, reading the upstream socket is what
 //! opens the server's TCP window, so the wire follows the pace (with the small
 //! receive buffer set at connect); for an upload, the slice read is the slice
-//! written. Half-close passes through; a tunnel where nothing moves either way
-//! for the idle timeout is closed.
+//! written. Bodies move with splice(2) through a pipe per direction, never
+//! through the agent's memory (the kernel passes page references along).
+//! Half-close passes through; a tunnel where nothing moves either way for the
+//! idle timeout is closed.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
@@ -23,7 +27,8 @@ use super::state::{Direction, PolicyState};
 use crate::bucket::MAX_SLICE;
 use crate::timer::Timer;
 
-/// The relay buffer of a direction without a limit.
+/// The most a direction without a limit moves per splice (and its pipe's
+/// capacity, where the kernel allows it).
 const UNLIMITED_BUFFER: usize = 256 * 1024;
 
 /// The largest response head accepted from an origin.
@@ -107,7 +112,7 @@ fn touch((start, activity): Activity<'_>) {
     activity.store(now, Ordering::Relaxed);
 }
 
-/// Copies `from` to `to` at the lane's pace until `from` ends, then closes
+/// Moves `from` to `to` at the lane's pace until `from` ends, then closes
 /// `to` for writing (half-close).
 async fn pump(
     from: &ReadHalf<'_>,
@@ -121,25 +126,30 @@ async fn pump(
         direction: direction.as_str(),
         source,
     };
-    // One buffer per direction for the tunnel's life: the loop allocates
-    // nothing. Paced lanes never take more than a slice; unlimited ones move
-    // bigger reads (fewer system calls per byte).
+    // Paced lanes never take more than a slice; unlimited ones move more per
+    // call (fewer system calls per byte).
     let size = if lane.pacer.is_some() {
         MAX_SLICE
     } else {
         UNLIMITED_BUFFER
     };
-    let mut buf = vec![0u8; size];
-    let stream: &TcpStream = from.as_ref();
+    let source: &TcpStream = from.as_ref();
+    let sink: &TcpStream = to.as_ref();
+    // Made at the first byte: an idle direction holds no descriptors.
+    let mut pipe = None;
     loop {
         // Tokens are reserved only once there is something to read: a
         // direction idle for minutes (the response while an upload runs)
         // must not hold back the policy's other connections.
-        stream.readable().await.map_err(error)?;
+        source.readable().await.map_err(error)?;
+        let pipe = match &mut pipe {
+            Some(pipe) => pipe,
+            None => pipe.insert(Pipe::new(size).map_err(error)?),
+        };
         sizer.follow(policy);
-        let granted = lane.acquire(buf.len(), timer).await;
-        let read = match stream.try_read(&mut buf[..granted]) {
-            Ok(read) => read,
+        let granted = lane.acquire(size, timer).await;
+        let moved = match source.try_io(Interest::READABLE, || pipe.fill(source, granted)) {
+            Ok(moved) => moved,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 lane.refund(granted);
                 continue;
@@ -149,16 +159,61 @@ async fn pump(
                 return Err(error(e));
             }
         };
-        lane.refund(granted - read);
-        if read == 0 {
+        lane.refund(granted - moved);
+        if moved == 0 {
             // The other side may still be sending: close only our write side.
             return to.shutdown().await.map_err(error);
         }
-        lane.count(read);
+        lane.count(moved);
         touch(activity);
-        to.write_all(&buf[..read]).await.map_err(error)?;
+        while pipe.held > 0 {
+            sink.writable().await.map_err(error)?;
+            match sink.try_io(Interest::WRITABLE, || pipe.drain(sink)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(error(e)),
+            }
+        }
         touch(activity);
     }
+}
+
+/// A pipe between two sockets, and how many bytes it holds.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    held: usize,
+}
+
+impl Pipe {
+    fn new(capacity: usize) -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // Best effort: the default (64 KiB) only means more calls per byte.
+        let _ = fcntl(
+            &write,
+            FcntlArg::F_SETPIPE_SZ(i32::try_from(capacity).unwrap_or(i32::MAX)),
+        );
+        Ok(Self { read, write, held: 0 })
+    }
+
+    /// Moves at most `len` bytes from `socket` into the (empty) pipe; 0 at
+    /// the end of the stream.
+    fn fill(&mut self, socket: &TcpStream, len: usize) -> io::Result<usize> {
+        let moved = splice(socket, None, &self.write, None, len, Self::FLAGS)?;
+        self.held += moved;
+        Ok(moved)
+    }
+
+    /// Moves what the pipe holds (or part of it) to `socket`.
+    fn drain(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        let moved = splice(&self.read, None, socket, None, self.held, Self::FLAGS)?;
+        self.held -= moved;
+        Ok(moved)
+    }
+
+    /// Pages move by reference; the pipe never blocks (the sockets are
+    /// non-blocking themselves).
+    const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 }
 
 /// Keeps one direction's upstream socket buffer at the connection's share
