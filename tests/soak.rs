@@ -33,8 +33,10 @@ fn two_minute_soak() {
     );
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
     assert!(summary["samples"].as_u64().unwrap() >= 10, "{summary}");
+    // With TCX (this kernel), netburst's two links come and go with the veth.
+    let [fewest, most] = [0, 1].map(|i| summary["bpf_links_range"][i].as_u64().unwrap());
     assert!(
-        summary["bpf_links"][0].as_u64().unwrap() >= 3,
-        "netburst's links were there to watch: {summary}"
+        most >= fewest + 2,
+        "netburst's links followed the churned veth: {summary}"
     );
 }
