@@ -165,8 +165,10 @@ impl BpfBackend {
                 .map_err(failed)?
                 .try_into()
                 .map_err(failed)?;
+            // First in the interface's chain: a program before ours that
+            // drops or redirects (Cilium's, say) would hide its packets.
             let id = classifier
-                .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
                 .map_err(failed)?;
             classifier.take_link(id).map_err(failed)
         });
