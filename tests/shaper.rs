@@ -668,10 +668,11 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
 
     // A CONNECT tunnel at 80 Mbit/s: 10 MB/s over two seconds, never more
     // than 5 % above. Below is scheduling, not behaviour: this VM's
-    // hypervisor starves the pacer now and then (53 Mbit/s in a CI run with
-    // nothing beside it, 64 with a build beside it). The floor catches a
+    // hypervisor starves the pacer now and then, for seconds on end (53
+    // Mbit/s in a CI run with nothing beside it, 64 with a build beside it,
+    // 51 to 54 in three windows in a row in another). The floor catches a
     // pacer that loses a third of its tokens, the way a millisecond timer
-    // did, which no window escapes; so the rate is measured over up to three
+    // did, which no window escapes; so the rate is measured over up to five
     // windows until one reaches it, each checked against the limit.
     // bench/s3_proxy_vs_sdk.py measures how close it comes.
     let mut client = tunnel(port, stream);
@@ -679,7 +680,7 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
     let mut first = [0u8; 1];
     client.read_exact(&mut first).unwrap();
     let mut rates = Vec::new();
-    while rates.len() < 3 && !rates.iter().any(|&rate| rate >= 80e6 * 0.7) {
+    while rates.len() < 5 && !rates.iter().any(|&rate| rate >= 80e6 * 0.7) {
         let start = Instant::now();
         let mut bytes = 0;
         while start.elapsed() < Duration::from_secs(2) {

@@ -118,9 +118,12 @@ def main():
 
 def wire_bursts(sent_ms, wire, threshold_mbit):
     """The bursts as a detector of 1 ms slots sees them: runs of consecutive
-    milliseconds above the threshold, with their bytes. An interrupted sender
-    makes other bursts than it meant (a pause splits one in two): this is
-    what the wire carried all the same.
+    milliseconds above the threshold, with their bytes and those of the
+    milliseconds just before and after (below the threshold: the partial
+    ones that open and close a burst, as the detector counts them). An
+    interrupted sender makes other bursts than it meant (a pause splits one
+    in two, or leaves a slow millisecond at an edge): this is what the wire
+    carried all the same.
 
     A packet is placed in the millisecond its sendto began; one whose sendto
     ended in another (the sender was interrupted inside the call) may have
@@ -140,7 +143,8 @@ def wire_bursts(sent_ms, wire, threshold_mbit):
         else:
             runs.append({"start_ms": ms, "end_ms": ms + 1, "bytes": per_ms[ms]})
     for run in runs:
-        inside = range(run["start_ms"], run["end_ms"])
+        run["bytes"] += per_ms.get(run["start_ms"] - 1, 0) + per_ms.get(run["end_ms"], 0)
+        inside = range(run["start_ms"] - 1, run["end_ms"] + 1)
         run["uncertain_bytes"] = wire * sum(
             1 for began, ended in sent_ms if began != ended and (began in inside or ended in inside)
         )
