@@ -269,6 +269,24 @@ fn bursts_name_the_bursting_cgroup_with(hooks: &str) {
         loaded.starts_with(if hooks == "tcx" { "TCX" } else { "tracepoints" }),
         "{hooks}: {loaded:?}"
     );
+    let metrics = agent.metrics();
+    assert_eq!(
+        value(&metrics, &format!("hostwatch_net_burst_hooks{{hooks=\"{hooks}\"}}")),
+        Some(1.0),
+        "{metrics}"
+    );
+    // And the doctor, run beside it with the same config, says so.
+    let doctor = Command::new(support::bin())
+        .args(["doctor", "--config", dir.join("hostwatch.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    let says = if hooks == "tcx" {
+        "packets counted by TCX programs on the watched interfaces only"
+    } else {
+        "packets counted by tracepoints, which every packet of the host runs"
+    };
+    assert!(doctor.contains(says), "{doctor}");
     let id = std::process::id();
     let cgroups = [
         root.join(format!("hwtest-steady-{id}")),

@@ -28,7 +28,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const CAPABILITIES: [(u32, &str, &str); 6] = [
     (39, "CAP_BPF", "eBPF programs (netburst and the other eBPF collectors)"),
     (38, "CAP_PERFMON", "tracepoints and perf sampling"),
-    (12, "CAP_NET_ADMIN", "network namespaces and tc, for the shaper"),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        "netburst's TCX programs; network namespaces and tc, for the shaper",
+    ),
     (19, "CAP_SYS_PTRACE", "reading other processes' maps for uprobes"),
     (2, "CAP_DAC_READ_SEARCH", "reading /proc of other users' processes"),
     (24, "CAP_SYS_RESOURCE", "locked memory for BPF maps on older kernels"),
@@ -268,6 +272,12 @@ fn details(out: &mut String, collector: &str, set: &MetricSet) {
                 ("python", "hostwatch_python_unprobed_processes") if series.value() > 0.0 => {
                     format!("{} Python processes not probed: {}", series.value(), labels[0])
                 }
+                ("netburst", "hostwatch_net_burst_hooks") => match labels[0].as_str() {
+                    "tcx" => "packets counted by TCX programs on the watched interfaces only".to_owned(),
+                    other => format!(
+                        "packets counted by {other}, which every packet of the host runs (no TCX: Linux before 6.6, or hooks = \"tracepoints\")"
+                    ),
+                },
                 ("netburst", "hostwatch_net_burst_threshold_bits_per_second") => {
                     format!(
                         "counting {} {} per millisecond, burst threshold {} bit/s",

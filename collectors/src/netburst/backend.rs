@@ -64,6 +64,8 @@ pub trait Backend: Send {
     fn gate(&mut self, series: u32, threshold: u64) -> Result<(), CollectError>;
     /// The current millisecond on the clock the rings are stamped with.
     fn now_ms(&self) -> u64;
+    /// Where packets are counted: `tcx` or `tracepoints`.
+    fn hooks(&self) -> &'static str;
 }
 
 fn map_error(map: &str, error: impl std::error::Error + Send + Sync + 'static) -> CollectError {
@@ -274,5 +276,9 @@ impl Backend for BpfBackend {
 
     fn now_ms(&self) -> u64 {
         monotonic_ms()
+    }
+
+    fn hooks(&self) -> &'static str {
+        if self.tcx() { "tcx" } else { "tracepoints" }
     }
 }

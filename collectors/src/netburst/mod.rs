@@ -20,7 +20,8 @@
 //! `hostwatch_net_burst_bytes`, `hostwatch_net_peak_rate_bits_per_second`,
 //! `hostwatch_net_burst_threshold_bits_per_second`, `hostwatch_net_slots_lost_total`,
 //! `hostwatch_net_burst_contributor_bytes_total`, `hostwatch_net_recordings_total`,
-//! `hostwatch_net_recording_failures_total`; and the documents `bursts` (recent
+//! `hostwatch_net_recording_failures_total`, `hostwatch_net_burst_interfaces_unwatched`,
+//! `hostwatch_net_burst_hooks`; and the documents `bursts` (recent
 //! burst events), `netslots` (the last second per millisecond, with the
 //! millisecond it ends at) and
 //! `recordings` (the flight recorder's files) for `GET /debug/...`.
@@ -234,6 +235,11 @@ static RECORDING_FAILURES: Desc = Desc::counter(
     "hostwatch_net_recording_failures_total",
     "Flight recorder writes that failed (full or read-only disk); recording pauses a minute after each.",
     &[],
+);
+static HOOKS: Desc = Desc::gauge(
+    "hostwatch_net_burst_hooks",
+    "Where packets are counted, 1 for the hooks in use: tcx (a program on each watched interface) or tracepoints (every packet of the host; kernels before 6.6).",
+    &["hooks"],
 );
 static UNWATCHED: Desc = Desc::gauge(
     "hostwatch_net_burst_interfaces_unwatched",
@@ -655,6 +661,7 @@ impl NetBurst {
         out.push(&RECORDINGS, &[], self.recorder.written() as f64);
         out.push(&RECORDING_FAILURES, &[], self.recorder.failures() as f64);
         out.push(&UNWATCHED, &[], self.unwatched as f64);
+        out.push(&HOOKS, &[self.backend.hooks()], 1.0);
     }
 }
 

@@ -61,6 +61,10 @@ impl Backend for Scripted {
     fn now_ms(&self) -> u64 {
         self.0.lock().unwrap().now
     }
+
+    fn hooks(&self) -> &'static str {
+        "tcx"
+    }
 }
 
 impl Scripted {
