@@ -273,10 +273,17 @@ fn a_gib_of_logs_crosses_compressed_and_intact() {
     let lz4 = "hostwatch_compression_connections_total{tunnel=\"bulk\",mode=\"lz4\"}";
     let cpu = "hostwatch_compression_cpu_seconds_total{tunnel=\"bulk\"}";
     let expected_raw = (GIB + answer.len() as u64) as f64;
+    // Each side counts a connection's bytes as its relay moves them, and the
+    // server's may still be behind when the client's are complete.
     wait_for(
         Duration::from_secs(5),
         || value(&client.metrics(), raw) == Some(expected_raw),
         "the client's counters",
+    );
+    wait_for(
+        Duration::from_secs(5),
+        || value(&metrics_inside(&net, &server), raw) == Some(expected_raw),
+        "the server's counters",
     );
     let (client_text, server_text) = (client.metrics(), metrics_inside(&net, &server));
     for text in [&client_text, &server_text] {
