@@ -123,8 +123,9 @@ fn shares(agent: &Agent, process: &str, window: Duration) -> (f64, Option<f64>, 
 }
 
 fn wait_until_probed(agent: &Agent, process: &str) {
-    // Generous: CI runs this beside the other suites on two cores, and the
-    // symtab case reads the symbols of a 24 MB debug build first.
+    // Generous: this VM is sometimes starved for seconds on end (see the
+    // shaper tests), and the symtab case reads the symbols of a 24 MB debug
+    // build first.
     agent.wait_until(
         Duration::from_secs(20),
         || agent.metrics().contains(&format!("process=\"{process}\"")),
