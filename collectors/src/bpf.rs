@@ -35,14 +35,8 @@ pub fn load_and_attach(object: &'static Object, programs: &[(&'static str, Hook)
 
 /// Loads each `(program, hook)` of `ebpf` (loaded from `object`) and attaches it.
 pub fn attach(ebpf: &mut Ebpf, object: &'static Object, programs: &[(&'static str, Hook)]) -> Result<(), Unavailable> {
-    let btf = if programs.iter().any(|(_, hook)| matches!(hook, Hook::BtfTracePoint(_))) {
-        Some(aya::Btf::from_sys_fs().map_err(|error| {
-            Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"))
-                .with_remedy("run a kernel built with CONFIG_DEBUG_INFO_BTF=y (current distribution kernels are)")
-        })?)
-    } else {
-        None
-    };
+    // Read once, and only if a program needs it.
+    let mut btf = None;
     for (name, hook) in programs {
         let program = ebpf
             .program_mut(name)
@@ -58,22 +52,29 @@ pub fn attach(ebpf: &mut Ebpf, object: &'static Object, programs: &[(&'static st
                 source,
             })
         };
-        match (hook, &btf) {
-            (Hook::BtfTracePoint(tracepoint), Some(btf)) => {
+        match hook {
+            Hook::BtfTracePoint(tracepoint) => {
+                let btf = match &mut btf {
+                    Some(btf) => btf,
+                    None => btf.insert(aya::Btf::from_sys_fs().map_err(|error| {
+                        Unavailable::new(format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}")).with_remedy(
+                            "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (current distribution kernels are)",
+                        )
+                    })?),
+                };
                 let program: &mut BtfTracePoint = program.try_into().map_err(failed)?;
                 program.load(tracepoint, btf).map_err(failed)?;
                 program.attach().map_err(failed)?;
             }
-            (Hook::TracePoint(category, tracepoint), _) => {
+            Hook::TracePoint(category, tracepoint) => {
                 let program: &mut TracePoint = program.try_into().map_err(failed)?;
                 program.load().map_err(failed)?;
                 program.attach(category, tracepoint).map_err(failed)?;
             }
-            (Hook::Tc, _) => {
+            Hook::Tc => {
                 let program: &mut SchedClassifier = program.try_into().map_err(failed)?;
                 program.load().map_err(failed)?;
             }
-            (Hook::BtfTracePoint(_), None) => unreachable!("BTF is read when a program needs it"),
         }
     }
     Ok(())

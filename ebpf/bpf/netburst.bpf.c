@@ -127,11 +127,11 @@ static __always_inline __u32 filtered(struct net_device *dev)
 	return watched && *watched ? ifindex : 0;
 }
 
-/* The exact lookup, for an interface the filter let through. */
-static __always_inline int series_of(struct net_device *dev, __u32 ifindex, __u32 direction, __u32 *series)
+/* The series of interface (netns, ifindex) in direction, if it is watched. */
+static __always_inline int series_of_key(__u32 netns, __u32 ifindex, __u32 direction, __u32 *series)
 {
 	struct hw_net_iface key = {
-		.netns = dev->nd_net.net->ns.inum,
+		.netns = netns,
 		.ifindex = ifindex,
 	};
 	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
@@ -139,6 +139,12 @@ static __always_inline int series_of(struct net_device *dev, __u32 ifindex, __u3
 		return -1;
 	*series = *id * 2 + direction;
 	return 0;
+}
+
+/* The exact lookup, for an interface the filter let through. */
+static __always_inline int series_of(struct net_device *dev, __u32 ifindex, __u32 direction, __u32 *series)
+{
+	return series_of_key(dev->nd_net.net->ns.inum, ifindex, direction, series);
 }
 
 /* Counts len bytes in series' current millisecond; returns the bytes this
@@ -271,15 +277,7 @@ static __always_inline int tc_series(__u32 ifindex, __u32 direction, __u32 *seri
 		*series = (__u32)*entry * 2 + direction;
 		return 0;
 	}
-	struct hw_net_iface key = {
-		.netns = hw_net_netns,
-		.ifindex = ifindex,
-	};
-	__u32 *id = bpf_map_lookup_elem(&net_iface_ids, &key);
-	if (!id)
-		return -1;
-	*series = *id * 2 + direction;
-	return 0;
+	return series_of_key(hw_net_netns, ifindex, direction, series);
 }
 
 /* skb->len includes the link-layer header in both directions here, as the

@@ -178,6 +178,11 @@ impl BpfBackend {
     }
 }
 
+/// The entry of `iface` in the arrays indexed by ifindex (`net_iface_filter`, `net_tc_ids`).
+fn filter_slot(iface: NetIface) -> u32 {
+    iface.ifindex & (NET_FILTER - 1)
+}
+
 /// Loads the netburst object with the TCX programs (not yet attached).
 fn load_tcx(netns: u32) -> Result<Ebpf, Unavailable> {
     let mut ebpf = hostwatch_ebpf::load_with(&hostwatch_ebpf::NETBURST, |loader| {
@@ -195,7 +200,7 @@ fn load_tcx(netns: u32) -> Result<Ebpf, Unavailable> {
 impl BpfBackend {
     /// Adds `delta` to the filter entry of `iface`'s ifindex.
     fn filter_add(&mut self, iface: NetIface, delta: i32) -> Result<(), CollectError> {
-        let slot = iface.ifindex & (NET_FILTER - 1);
+        let slot = filter_slot(iface);
         let error = |e| map_error("net_iface_filter", e);
         let watched = self.filter.get(&slot, 0).map_err(error)?;
         self.filter
@@ -215,7 +220,7 @@ impl Backend for BpfBackend {
             .insert(iface, id, 0)
             .map_err(|e| map_error("net_iface_ids", e))?;
         if self.tc_links.is_some() {
-            let slot = iface.ifindex & (NET_FILTER - 1);
+            let slot = filter_slot(iface);
             let error = |e| map_error("net_tc_ids", e);
             if self.tc_ids.get(&slot, 0).map_err(error)? == 0 {
                 let entry = u64::from(iface.ifindex) << 32 | u64::from(id);
@@ -239,7 +244,7 @@ impl Backend for BpfBackend {
         // Detached first: a link of an interface already gone is simply released.
         if let Some(links) = &mut self.tc_links {
             links.remove(&iface);
-            let slot = iface.ifindex & (NET_FILTER - 1);
+            let slot = filter_slot(iface);
             let error = |e| map_error("net_tc_ids", e);
             if self.tc_ids.get(&slot, 0).map_err(error)? >> 32 == u64::from(iface.ifindex) {
                 self.tc_ids.set(slot, 0, 0).map_err(error)?;
