@@ -492,14 +492,15 @@ fn a_read_only_recordings_directory_only_stops_recording() {
         || value(&agent.metrics(), &threshold).is_some(),
         "the veth watched",
     );
-    send(None, &["bursts", "--dst", &net.there, "--count", "1"]);
-    // The write comes 5 s after the burst (the window after it), then a fold.
+    // Three bursts, as in `bursts_are_recorded`: a sender slowed by the VM
+    // still makes one. The write comes 5 s after the bursts, then a fold.
+    let report = send(None, &["bursts", "--dst", &net.there, "--count", "3"]);
     agent.wait_until(
         Duration::from_secs(20),
         || value(&agent.metrics(), "hostwatch_net_recording_failures_total").is_some_and(|n| n >= 1.0),
-        "the failed write counted",
+        &format!("the failed write counted {report}"),
     );
-    assert_eq!(bursts(&net, &agent, "transmit"), 1.0);
+    assert!(bursts(&net, &agent, "transmit") >= 1.0);
     assert_eq!(
         value(&agent.metrics(), "hostwatch_collector_up{collector=\"netburst\"}"),
         Some(1.0)
