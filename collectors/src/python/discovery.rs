@@ -2,12 +2,15 @@
 //! config selects.
 //!
 //! Reads `PROCFS/PID/stat` of every process on each scan (command name and
-//! start time; this takes no lock of the target), and `PROCFS/PID/maps` only
-//! for a process not seen before or whose command name changed (an exec).
-//! Reading maps takes the target's mmap_lock for a moment, so it happens once
-//! per process, never on every scan, and `smaps` is never read at all (see
-//! DESIGN.md). `cmdline` (also read under mmap_lock) and `cgroup` are read only
-//! for Python processes, and only when the config selects on them.
+//! start time; this takes no lock of the target), `PROCFS/uptime`, and
+//! `PROCFS/PID/maps` only for a process not seen before or whose command name
+//! changed (an exec), and again while it is under a second old and its maps
+//! name no interpreter yet (exec renames a process before mapping its
+//! program). Reading maps takes the target's mmap_lock for a moment, so it
+//! happens once per process past its start, never on every scan, and `smaps`
+//! is never read at all (see DESIGN.md). `cmdline` (also read under
+//! mmap_lock) and `cgroup` are read only for Python processes, and only when
+//! the config selects on them.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -57,7 +60,17 @@ struct Seen {
     comm: String,
     /// The last scan that saw the process alive.
     generation: u64,
+    /// Its maps need no further read: they named an interpreter, or were
+    /// read once the process was past its exec (see [`SETTLE_TICKS`]).
+    settled: bool,
 }
+
+/// How old a process must be (in USER_HZ ticks, 100 a second by the kernel
+/// ABI) before maps without an interpreter mean it is not Python. exec(2)
+/// renames the process before it maps the new program, and the dynamic
+/// loader maps libpython later still: a scan in between would otherwise
+/// settle a Python process as something else for good.
+const SETTLE_TICKS: u64 = 100;
 
 impl Scanner {
     pub fn new(paths: HostPaths) -> Self {
@@ -75,6 +88,7 @@ impl Scanner {
         out.found.clear();
         out.gone.clear();
         self.generation += 1;
+        let now = self.uptime_ticks();
         let procfs = self.paths.procfs();
         let entries = fs::read_dir(procfs).map_err(|source| CollectError::Io {
             path: procfs.to_path_buf(),
@@ -94,7 +108,9 @@ impl Scanner {
             match self.seen.get_mut(&pid) {
                 Some(seen) if seen.start_time == start_time && seen.comm == comm => {
                     seen.generation = self.generation;
-                    continue;
+                    if seen.settled {
+                        continue;
+                    }
                 }
                 Some(seen) => {
                     // The pid was reused, or the process exec'd: what was there is gone.
@@ -111,20 +127,28 @@ impl Scanner {
                             start_time,
                             comm: comm.to_owned(),
                             generation: self.generation,
+                            settled: false,
                         },
                     );
                 }
             }
             let comm = comm.to_owned();
+            // Without a clock (no uptime), every process counts as settled.
+            let young = now.is_some_and(|now| now.saturating_sub(start_time) < SETTLE_TICKS);
+            let mut settled = !young;
             if self.read(pid, "maps").is_ok()
                 && let Some(interpreter) = interpreter(&self.text)
             {
+                settled = true;
                 out.found.push(Found {
                     pid,
                     start_time,
                     comm,
                     interpreter: interpreter.to_owned(),
                 });
+            }
+            if let Some(seen) = self.seen.get_mut(&pid) {
+                seen.settled = settled;
             }
         }
         let generation = self.generation;
@@ -172,6 +196,17 @@ impl Scanner {
             }
         }
         true
+    }
+
+    /// Ticks since boot (`PROCFS/uptime`), on the clock of `stat`'s start time.
+    fn uptime_ticks(&mut self) -> Option<u64> {
+        self.text.clear();
+        File::open(self.paths.proc("uptime"))
+            .ok()?
+            .read_to_string(&mut self.text)
+            .ok()?;
+        let seconds: f64 = self.text.split_ascii_whitespace().next()?.parse().ok()?;
+        Some((seconds * 100.0) as u64)
     }
 
     /// `PROCFS/PID/ROOT` read whole into `self.text`.
@@ -403,6 +438,45 @@ mod tests {
         assert!(scanner.is_alive(11, 600));
         assert!(!scanner.is_alive(11, 601), "another process under a reused pid");
         assert!(!scanner.is_alive(10, 500));
+    }
+
+    /// A process caught between exec's rename and its mappings (or before the
+    /// loader maps libpython) is looked at again until it is a second old.
+    #[test]
+    fn a_process_caught_mid_exec_is_found_once_its_maps_are_there() {
+        let tree = TempTree::new(&[
+            ("proc/uptime", "10.00 15.00\n"),
+            ("proc/20/stat", &stat_line(20, "python3.11", 950)),
+            ("proc/20/maps", ""),
+            ("proc/21/stat", &stat_line(21, "sh", 800)),
+            ("proc/21/maps", &maps("not-python.maps")),
+        ]);
+        let mut scanner = Scanner::new(tree.paths());
+        let mut scan = Scan::default();
+        scanner.scan(&mut scan).expect("scan");
+        assert!(scan.found.is_empty(), "{scan:?}");
+
+        // 20 has mapped its program; 21 (2 s old, settled) turns out to map
+        // Python too, but its maps are not read again: it is found only if
+        // it execs.
+        tree.write("proc/uptime", "10.20 15.40\n");
+        tree.write("proc/20/maps", &maps("debian-python3.11.maps"));
+        tree.write("proc/21/maps", &maps("debian-python3.11.maps"));
+        scanner.scan(&mut scan).expect("scan");
+        assert_eq!(scan.found.iter().map(|f| f.pid).collect::<Vec<_>>(), [20]);
+        scanner.scan(&mut scan).expect("scan");
+        assert!(scan.found.is_empty(), "found once: {scan:?}");
+
+        // A young process that never maps Python is read until it is a
+        // second old, then no more.
+        tree.write("proc/22/stat", &stat_line(22, "make", 1015));
+        tree.write("proc/22/maps", &maps("not-python.maps"));
+        scanner.scan(&mut scan).expect("scan");
+        tree.write("proc/uptime", "11.20 17.40\n");
+        scanner.scan(&mut scan).expect("scan");
+        tree.write("proc/22/maps", &maps("debian-python3.11.maps"));
+        scanner.scan(&mut scan).expect("scan");
+        assert!(scan.found.is_empty(), "22 settled at 1.05 s old: {scan:?}");
     }
 
     #[test]
