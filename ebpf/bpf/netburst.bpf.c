@@ -20,6 +20,12 @@
  * packet on every interface of every namespace, and turn away those not
  * watched.
  *
+ * A loopback interface receives exactly what it transmits, so only its
+ * egress is counted (TCX attaches no ingress program to it, the receive
+ * tracepoint turns it away) and the agent reads its receive series from the
+ * transmit ring: one program per packet instead of two. The kernel's
+ * loopback driver does the same, reporting one counter as both.
+ *
  * Needs BTF and CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for TCX).
  */
 #include "vmlinux.h"
@@ -254,7 +260,8 @@ int BPF_PROG(hw_net_receive, struct sk_buff *skb)
 {
 	__u32 series, ifindex;
 	struct net_device *dev = skb->dev;
-	if (!dev || !(ifindex = filtered(dev)) || series_of(dev, ifindex, HW_NET_RECEIVE, &series))
+	if (!dev || !(ifindex = filtered(dev)) || (dev->flags & IFF_LOOPBACK) ||
+	    series_of(dev, ifindex, HW_NET_RECEIVE, &series))
 		return 0;
 	/* The link-layer header is already pulled here; add it back so the
 	 * count matches the driver's (and /proc/net/dev's) byte count. */

@@ -3,7 +3,8 @@
 //!
 //! The BPF backend needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) and kernel
 //! BTF. With TCX (Linux 6.6+) it attaches two programs to each watched
-//! interface as it is watched, so other interfaces' packets run nothing;
+//! interface as it is watched (one to a loopback), so other interfaces'
+//! packets run nothing;
 //! otherwise, or when the kernel refuses the TCX programs, it attaches
 //! `tp_btf/net_dev_xmit`, `net_dev_start_xmit` and `netif_receive_skb` for
 //! every packet of the host. Everything stays attached as long as the backend
@@ -39,6 +40,7 @@ pub enum Hooks {
     Tracepoints,
 }
 
+/// Egress first: a loopback gets only it.
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("hw_net_tc_egress", TcAttachType::Egress),
     ("hw_net_tc_ingress", TcAttachType::Ingress),
@@ -51,8 +53,10 @@ const TRACEPOINTS: [(&str, Hook); 3] = [
 ];
 
 pub trait Backend: Send {
-    /// Starts counting `iface` (named `name` in the agent's namespace) under `id`.
-    fn watch(&mut self, name: &str, iface: NetIface, id: u32) -> Result<(), CollectError>;
+    /// Starts counting `iface` (named `name` in the agent's namespace) under
+    /// `id`; a `loopback` one on egress only (what it receives is what it
+    /// sent: one program a packet instead of two).
+    fn watch(&mut self, name: &str, iface: NetIface, id: u32, loopback: bool) -> Result<(), CollectError>;
     fn unwatch(&mut self, iface: NetIface) -> Result<(), CollectError>;
     /// Each CPU's ring of `series` (`id * 2 + direction`).
     fn rings(&mut self, series: u32, out: &mut Vec<NetRing>) -> Result<(), CollectError>;
@@ -78,9 +82,10 @@ fn map_error(map: &str, error: impl std::error::Error + Send + Sync + 'static) -
 pub struct BpfBackend {
     /// Holds the programs and the tracepoints' links: dropping it detaches them.
     ebpf: Ebpf,
-    /// With TCX, each watched interface's egress and ingress links: dropping
-    /// them detaches the programs from it. `None` with tracepoints.
-    tc_links: Option<StdHashMap<NetIface, [SchedClassifierLink; 2]>>,
+    /// With TCX, each watched interface's egress and ingress links (egress
+    /// only on a loopback): dropping them detaches the programs from it.
+    /// `None` with tracepoints.
+    tc_links: Option<StdHashMap<NetIface, Vec<SchedClassifierLink>>>,
     /// Visible to the tests, which watch an id without its links.
     pub(super) ids: HashMap<MapData, NetIface, u32>,
     /// The programs' pre-filter: per `ifindex & (NET_FILTER - 1)`, how many
@@ -154,8 +159,10 @@ impl BpfBackend {
         self.tc_links.is_some()
     }
 
-    fn attach_tc(&mut self, name: &str) -> Result<[SchedClassifierLink; 2], CollectError> {
-        let [egress, ingress] = TC_PROGRAMS.map(|(program, attach_type)| {
+    fn attach_tc(&mut self, name: &str, loopback: bool) -> Result<Vec<SchedClassifierLink>, CollectError> {
+        let hooks = if loopback { &TC_PROGRAMS[..1] } else { &TC_PROGRAMS[..] };
+        let mut links = Vec::with_capacity(hooks.len());
+        for &(program, attach_type) in hooks {
             let failed = |error: aya::programs::ProgramError| CollectError::Io {
                 path: PathBuf::from(format!("TCX {program} on {name}")),
                 source: io::Error::other(error),
@@ -172,9 +179,9 @@ impl BpfBackend {
             let id = classifier
                 .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
                 .map_err(failed)?;
-            classifier.take_link(id).map_err(failed)
-        });
-        Ok([egress?, ingress?])
+            links.push(classifier.take_link(id).map_err(failed)?);
+        }
+        Ok(links)
     }
 }
 
@@ -214,7 +221,7 @@ impl Backend for BpfBackend {
     // after it is removed, so it never undercounts, even for a packet between.
     // With TCX the id is in place before the programs are attached, so their
     // first packet is counted.
-    fn watch(&mut self, name: &str, iface: NetIface, id: u32) -> Result<(), CollectError> {
+    fn watch(&mut self, name: &str, iface: NetIface, id: u32, loopback: bool) -> Result<(), CollectError> {
         self.filter_add(iface, 1)?;
         self.ids
             .insert(iface, id, 0)
@@ -226,7 +233,7 @@ impl Backend for BpfBackend {
                 let entry = u64::from(iface.ifindex) << 32 | u64::from(id);
                 self.tc_ids.set(slot, entry, 0).map_err(error)?;
             }
-            let links = match self.attach_tc(name) {
+            let links = match self.attach_tc(name, loopback) {
                 Ok(links) => links,
                 Err(error) => {
                     self.unwatch(iface)?;

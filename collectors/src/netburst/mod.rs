@@ -13,7 +13,8 @@
 //! bursts, not who sent steadily in the folds around it.
 //!
 //! Reads `SYSFS/class/net` (interfaces with a device by default, or those
-//! `include` names), the BPF maps, the cgroup v2 tree. Needs root (CAP_BPF,
+//! `include` names; a loopback's receive series is its transmit one, as the
+//! kernel's own loopback counters are), the BPF maps, the cgroup v2 tree. Needs root (CAP_BPF,
 //! CAP_PERFMON) and kernel BTF; without them it is down with the reason.
 //!
 //! Emits `hostwatch_net_bursts_total`, `hostwatch_net_burst_duration_seconds`,
@@ -286,6 +287,8 @@ struct Series {
 struct Watched {
     name: String,
     key: NetIface,
+    /// Counted on egress only: its receive series is its transmit ring.
+    loopback: bool,
     series: [Series; 2],
 }
 
@@ -375,7 +378,7 @@ impl NetBurst {
             path: class_net.clone(),
             source,
         };
-        let mut present: Vec<(String, NetIface)> = Vec::new();
+        let mut present: Vec<(String, NetIface, bool)> = Vec::new();
         for entry in std::fs::read_dir(&class_net).map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
             let Ok(name) = entry.file_name().into_string() else {
@@ -392,13 +395,13 @@ impl NetBurst {
             let Ok(key) = NetIface::read(self.netns, &entry.path()) else {
                 continue;
             };
-            present.push((name, key));
+            present.push((name, key, is_loopback(&entry.path())));
         }
         present.sort_by(|a, b| a.0.cmp(&b.0));
         for id in 0..self.watched.len() {
             let gone = self.watched[id]
                 .as_ref()
-                .is_some_and(|w| !present.iter().any(|(n, k)| *n == w.name && *k == w.key));
+                .is_some_and(|w| !present.iter().any(|(n, k, _)| *n == w.name && *k == w.key));
             if gone && let Some(watched) = self.watched[id].take() {
                 self.backend.unwatch(watched.key)?;
                 info!(interface = %watched.name, "interface gone; no longer counted");
@@ -411,8 +414,8 @@ impl NetBurst {
             }
         }
         self.unwatched = 0;
-        self.refused.retain(|key| present.iter().any(|(_, k)| k == key));
-        for (name, key) in present {
+        self.refused.retain(|key| present.iter().any(|(_, k, _)| k == key));
+        for (name, key, loopback) in present {
             if self.watched.iter().flatten().any(|w| w.key == key) {
                 continue;
             }
@@ -426,7 +429,7 @@ impl NetBurst {
             };
             // One interface the hooks cannot attach to (an odd device type)
             // stays uncounted until it is recreated; the others go on.
-            if let Err(error) = self.backend.watch(&name, key, id as u32) {
+            if let Err(error) = self.backend.watch(&name, key, id as u32, loopback) {
                 warn!(interface = %name, %error, "cannot count this interface");
                 self.refused.push(key);
                 self.unwatched += 1;
@@ -443,7 +446,12 @@ impl NetBurst {
                 gated: None,
             });
             info!(interface = %name, "counting bytes per millisecond");
-            self.watched[id] = Some(Watched { name, key, series });
+            self.watched[id] = Some(Watched {
+                name,
+                key,
+                loopback,
+                series,
+            });
         }
         Ok(())
     }
@@ -455,9 +463,14 @@ impl NetBurst {
             if self.watched[id].is_none() {
                 continue;
             }
-            for direction in Direction::BOTH {
+            let loopback = self.watched[id].as_ref().is_some_and(|w| w.loopback);
+            // Transmit first: a loopback's receive series folds the rings
+            // just read, as they are.
+            for direction in [Direction::Transmit, Direction::Receive] {
                 let index = id as u32 * 2 + direction.index();
-                self.backend.rings(index, &mut self.rings)?;
+                if !(loopback && direction == Direction::Receive) {
+                    self.backend.rings(index, &mut self.rings)?;
+                }
                 let threshold = self.watched[id]
                     .as_ref()
                     .map(|w| self.threshold(&w.name, direction))
@@ -663,6 +676,16 @@ impl NetBurst {
         out.push(&UNWATCHED, &[], self.unwatched as f64);
         out.push(&HOOKS, &[self.backend.hooks()], 1.0);
     }
+}
+
+/// Whether the interface whose sysfs directory is `dir` is a loopback
+/// (`IFF_LOOPBACK` in its flags): it receives exactly what it transmits.
+fn is_loopback(dir: &std::path::Path) -> bool {
+    const IFF_LOOPBACK: u32 = 0x8;
+    std::fs::read_to_string(dir.join("flags"))
+        .ok()
+        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
 }
 
 impl Collector for NetBurst {
