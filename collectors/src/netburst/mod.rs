@@ -14,8 +14,9 @@
 //!
 //! Reads `SYSFS/class/net` (interfaces with a device by default, or those
 //! `include` names; a loopback's receive series is its transmit one, as the
-//! kernel's own loopback counters are), the BPF maps, the cgroup v2 tree. Needs root (CAP_BPF,
-//! CAP_PERFMON) and kernel BTF; without them it is down with the reason.
+//! kernel's own loopback counters are), the BPF maps, the cgroup v2 tree.
+//! Needs root (CAP_BPF, CAP_PERFMON) and kernel BTF; without them it is down
+//! with the reason.
 //!
 //! Emits `hostwatch_net_bursts_total`, `hostwatch_net_burst_duration_seconds`,
 //! `hostwatch_net_burst_bytes`, `hostwatch_net_peak_rate_bits_per_second`,
@@ -378,7 +379,7 @@ impl NetBurst {
             path: class_net.clone(),
             source,
         };
-        let mut present: Vec<(String, NetIface, bool)> = Vec::new();
+        let mut present: Vec<(String, NetIface)> = Vec::new();
         for entry in std::fs::read_dir(&class_net).map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
             let Ok(name) = entry.file_name().into_string() else {
@@ -395,13 +396,13 @@ impl NetBurst {
             let Ok(key) = NetIface::read(self.netns, &entry.path()) else {
                 continue;
             };
-            present.push((name, key, is_loopback(&entry.path())));
+            present.push((name, key));
         }
         present.sort_by(|a, b| a.0.cmp(&b.0));
         for id in 0..self.watched.len() {
             let gone = self.watched[id]
                 .as_ref()
-                .is_some_and(|w| !present.iter().any(|(n, k, _)| *n == w.name && *k == w.key));
+                .is_some_and(|w| !present.iter().any(|(n, k)| *n == w.name && *k == w.key));
             if gone && let Some(watched) = self.watched[id].take() {
                 self.backend.unwatch(watched.key)?;
                 info!(interface = %watched.name, "interface gone; no longer counted");
@@ -414,8 +415,8 @@ impl NetBurst {
             }
         }
         self.unwatched = 0;
-        self.refused.retain(|key| present.iter().any(|(_, k, _)| k == key));
-        for (name, key, loopback) in present {
+        self.refused.retain(|key| present.iter().any(|(_, k)| k == key));
+        for (name, key) in present {
             if self.watched.iter().flatten().any(|w| w.key == key) {
                 continue;
             }
@@ -429,6 +430,7 @@ impl NetBurst {
             };
             // One interface the hooks cannot attach to (an odd device type)
             // stays uncounted until it is recreated; the others go on.
+            let loopback = is_loopback(&class_net.join(&name));
             if let Err(error) = self.backend.watch(&name, key, id as u32, loopback) {
                 warn!(interface = %name, %error, "cannot count this interface");
                 self.refused.push(key);
