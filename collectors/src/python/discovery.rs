@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use crate::config::Pattern;
 use crate::error::CollectError;
 use crate::paths::HostPaths;
+use crate::procfile::ProcFile;
 
 /// A Python process found by a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,8 @@ pub struct Scanner {
     paths: HostPaths,
     seen: HashMap<u32, Seen>,
     generation: u64,
+    /// `PROCFS/uptime`: how old each process is (see [`SETTLE_TICKS`]).
+    uptime: ProcFile,
     /// Reused for every file read and path built during a scan.
     text: String,
     path: String,
@@ -75,6 +78,7 @@ const SETTLE_TICKS: u64 = 100;
 impl Scanner {
     pub fn new(paths: HostPaths) -> Self {
         Self {
+            uptime: ProcFile::new(paths.proc("uptime")),
             paths,
             seen: HashMap::new(),
             generation: 0,
@@ -200,12 +204,8 @@ impl Scanner {
 
     /// Ticks since boot (`PROCFS/uptime`), on the clock of `stat`'s start time.
     fn uptime_ticks(&mut self) -> Option<u64> {
-        self.text.clear();
-        File::open(self.paths.proc("uptime"))
-            .ok()?
-            .read_to_string(&mut self.text)
-            .ok()?;
-        let seconds: f64 = self.text.split_ascii_whitespace().next()?.parse().ok()?;
+        let uptime = self.uptime.read().ok()?;
+        let seconds: f64 = uptime.text.split_ascii_whitespace().next()?.parse().ok()?;
         Some((seconds * 100.0) as u64)
     }
 
