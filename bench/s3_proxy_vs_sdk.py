@@ -29,11 +29,15 @@ on two cores three busy parties would otherwise measure the scheduler (the
 proxy doubles the loopback TCP work, which the kernel charges to whoever
 sends). Reported: throughput of each, their ratio, and the agent's CPU
 seconds per GiB relayed (utime + stime of the agent over the proxied blocks).
+The source's and the sink's sockets use the host's congestion control
+(net.ipv4.tcp_congestion_control), or --congestion's (TCP_CONGESTION on
+this script's own sockets; nothing of the host changes). The proxy runs
+cubic on its loopback sockets whatever the host's default.
 
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
            [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3] [--compare BINARY]
            [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none]
-           [--overhead-only] [--unpinned]
+           [--overhead-only] [--unpinned] [--congestion cubic]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
 (iproute2, the test venv with moto, boto3, aws-cli).
 """
@@ -259,6 +263,16 @@ def sink(sock, total):
     return got
 
 
+def congestion(sock, algorithm):
+    if algorithm:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
+
+
+def host_congestion():
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        return f.read().strip()
+
+
 def part_two(args):
     # The source and the sink share CPU 0, the agent has CPU 1: on two cores,
     # three busy parties would otherwise measure the scheduler, not the proxy.
@@ -272,6 +286,7 @@ def part_two(args):
             out.write(block)
     atexit.register(lambda: os.path.exists(path) and os.unlink(path))
     listener = socket.socket()
+    congestion(listener, args.congestion)  # inherited by the source's connections
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     target = listener.getsockname()[1]
@@ -316,10 +331,12 @@ hosts = ["127.0.0.1"]
     cpu = {way: 0.0 for way in binaries}
     for _ in range(args.rounds):
         for way in results:
+            sock = socket.socket()
+            congestion(sock, args.congestion)
             if way == "direct":
-                sock = socket.create_connection(("127.0.0.1", target))
+                sock.connect(("127.0.0.1", target))
             else:
-                sock = socket.create_connection(("127.0.0.1", ports[way]))
+                sock.connect(("127.0.0.1", ports[way]))
                 sock.sendall(f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\n\r\n".encode())
                 head = b""
                 while not head.endswith(b"\r\n\r\n"):
@@ -341,7 +358,9 @@ hosts = ["127.0.0.1"]
     direct = statistics.median(results["direct"])
     gib = total * args.rounds / (1 << 30)
     pinning = "unpinned" if args.unpinned else "source and sink on CPU 0, agents on CPU 1"
-    print(f"\nOverhead at no limit on loopback ({pinning}): {args.overhead_gib} GiB per transfer, {args.rounds} rounds, median.\n")
+    algorithm = args.congestion or f"{host_congestion()} (the host's default)"
+    print(f"\nOverhead at no limit on loopback ({pinning}; source and sink: {algorithm}): "
+          f"{args.overhead_gib} GiB per transfer, {args.rounds} rounds, median.\n")
     print("| path | binary | GB/s | x direct | agent CPU s per GiB |")
     print("|---|---|---|---|---|")
     print(f"| direct | | {direct / 1e9:.2f} | 1.00 | |")
@@ -362,6 +381,7 @@ def main():
     parser.add_argument("--limiters", default="hostwatch,sdk,none")
     parser.add_argument("--overhead-only", action="store_true", help="skip part 1")
     parser.add_argument("--unpinned", action="store_true", help="part 2 without CPU pinning")
+    parser.add_argument("--congestion", help="part 2: the source's and sink's congestion control (default: the host's)")
     parser.add_argument("--compare", help="part 2: another hostwatch binary whose proxy runs in the same rounds")
     args = parser.parse_args()
     print(f"Run: {time.strftime('%Y-%m-%d')} on {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs")

@@ -659,6 +659,22 @@ fn tunnel(port: u16, target: u16) -> TcpStream {
     stream
 }
 
+/// The congestion control algorithm of each established TCP socket that
+/// `filter` (an `ss` filter) selects, as `ss -ti` names it.
+fn congestion_control(filter: &str) -> Vec<String> {
+    const ALGORITHMS: [&str; 5] = ["cubic", "bbr", "reno", "dctcp", "htcp"];
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|word| ALGORITHMS.contains(word))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn tunnels_and_forwarding_are_paced_on_loopback() {
     let dir = TempDir::new("shaper-loopback");
@@ -698,6 +714,16 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
         rates.iter().any(|&rate| rate >= 80e6 * 0.7),
         "{rates:.0?} bit/s through the tunnel: the pacer lost tokens"
     );
+    // Both of the proxy's sockets of this tunnel run cubic, whatever the
+    // host's default: client and upstream are on loopback.
+    let client_port = client.local_addr().unwrap().port();
+    for (what, filter) in [
+        ("client", format!("( sport = :{port} and dport = :{client_port} )")),
+        ("upstream", format!("( dport = :{stream} )")),
+    ] {
+        let algorithms = congestion_control(&filter);
+        assert_eq!(algorithms, ["cubic"], "the proxy's {what} socket ({filter})");
+    }
     drop(client);
 
     // Plain HTTP: the origin gets an origin-form request without the
