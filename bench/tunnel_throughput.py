@@ -48,6 +48,8 @@ import tempfile
 import time
 import urllib.request
 
+from common import cpu_seconds, free_port
+
 NETNS = "hwtbench"
 HOST_IF, PEER_IF = "hwtb0", "hwtbp0"
 HERE, THERE = "10.253.0.1", "10.253.0.2"
@@ -57,7 +59,7 @@ BUFFER = 64 << 20
 SINK = r"""
 import socket, sys, threading
 
-from common import free_port, cpu_seconds
+
 def serve(conn):
     total = 0
     buf = bytearray(1 << 20)
