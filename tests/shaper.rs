@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use support::netns::{TestNet, is_root};
-use support::{Agent, TempDir, free_port, repo_root, value, wait_for};
+use support::{Agent, TempDir, congestion_control, free_port, repo_root, value, wait_for};
 
 macro_rules! require_root {
     () => {
@@ -657,22 +657,6 @@ fn tunnel(port: u16, target: u16) -> TcpStream {
     stream.read_exact(&mut answer).unwrap();
     assert_eq!(answer, expected);
     stream
-}
-
-/// The congestion control algorithm of each established TCP socket that
-/// `filter` (an `ss` filter) selects, as `ss -ti` names it.
-fn congestion_control(filter: &str) -> Vec<String> {
-    const ALGORITHMS: [&str; 5] = ["cubic", "bbr", "reno", "dctcp", "htcp"];
-    let out = Command::new("ss")
-        .args(["-tinH", "state", "established", filter])
-        .output()
-        .expect("ss (iproute2)");
-    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|word| ALGORITHMS.contains(word))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

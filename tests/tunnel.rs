@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::netns::{TestNet, require_root};
-use support::{Agent, TempDir, free_port, value, wait_for};
+use support::{Agent, TempDir, congestion_control, free_port, value, wait_for};
 
 /// The exposition of an agent inside `net`.
 fn metrics_inside(net: &TestNet, agent: &Agent) -> String {
@@ -514,6 +514,23 @@ fn near_allowance_follows_the_allowance_counters_and_sigterm_stops() {
         },
         "the connection open",
     );
+    // Every leg here is on loopback: each of the agents' sockets of this
+    // connection runs cubic, whatever the host's default.
+    let open_port = open.local_addr().unwrap().port();
+    for (what, filter) in [
+        (
+            "client side's accepted",
+            format!("( sport = :{} and dport = :{open_port} )", entry.port()),
+        ),
+        (
+            "client side's to the server side",
+            format!("( dport = :{} )", relay.port()),
+        ),
+        ("server side's accepted", format!("( sport = :{} )", relay.port())),
+        ("server side's to the target", format!("( dport = :{} )", target.port())),
+    ] {
+        assert_eq!(congestion_control(&filter), ["cubic"], "the {what} socket ({filter})");
+    }
     client.signal("TERM");
     let status = client.wait_exit(Duration::from_secs(2)).expect("stopped within 2 s");
     assert!(status.success(), "{status:?}");

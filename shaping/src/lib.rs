@@ -6,6 +6,7 @@
 //! reads the host only through what collectors published
 //! (`hostwatch_collectors::facts::HostFacts`: ENA allowance drops, bursts).
 pub mod bucket;
+mod loopback;
 pub mod proxy;
 pub mod timer;
 pub mod tunnel;

@@ -322,6 +322,22 @@ pub fn value(text: &str, selector: &str) -> Option<f64> {
 }
 
 /// A loopback port nothing listens on right now.
+/// The congestion control algorithm of each established TCP socket that
+/// `filter` (an `ss` filter) selects, as `ss -ti` names it.
+pub fn congestion_control(filter: &str) -> Vec<String> {
+    const ALGORITHMS: [&str; 5] = ["cubic", "bbr", "reno", "dctcp", "htcp"];
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|word| ALGORITHMS.contains(word))
+        .map(str::to_owned)
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

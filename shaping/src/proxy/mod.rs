@@ -20,14 +20,13 @@ pub mod relay;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hostwatch_collectors::MetricSet;
 use hostwatch_collectors::facts::HostFacts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -36,6 +35,7 @@ use self::adaptive::Controller;
 pub use self::config::Config;
 use self::head::{HeadError, Kind};
 use self::state::{Direction, PolicyState, Refusal, State};
+use crate::loopback::{local_congestion, socket_to};
 
 /// The smallest upstream receive buffer the proxy asks for (the kernel
 /// doubles it). Windows of a segment or two only make the server send in
@@ -309,18 +309,13 @@ pub(crate) fn socket_buffer(policy: &PolicyState, direction: Direction, buffer: 
 async fn connect(host: &str, port: u16, policy: &PolicyState, buffer: Duration) -> std::io::Result<TcpStream> {
     let mut last = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = socket_to(addr)?;
         if let Some(bytes) = socket_buffer(policy, Direction::Download, buffer) {
             socket.set_recv_buffer_size(u32::try_from(bytes).unwrap_or(u32::MAX))?;
         }
         if let Some(bytes) = socket_buffer(policy, Direction::Upload, buffer) {
             socket.set_send_buffer_size(u32::try_from(bytes).unwrap_or(u32::MAX))?;
         }
-        local_congestion(&socket, addr);
         match socket.connect(addr).await {
             Ok(stream) => {
                 // Paced slices are small writes: never hold one back for Nagle.
@@ -331,32 +326,6 @@ async fn connect(host: &str, port: u16, policy: &PolicyState, buffer: Duration) 
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
-}
-
-/// Linux's default congestion control (cubic) for a socket on loopback
-/// (`addr`: where it listens or what it connects to): the listener, where
-/// the clients' connections come from this host, or an upstream there (a
-/// local S3 endpoint). A loopback connection has no path to probe and no
-/// queue to pace for; a pacing algorithm, BBR where it is the host's
-/// default, still paces every burst on a timer, and the timer sends from
-/// another CPU than the relay's writes, so packets reorder and are sent
-/// again (`bench/RESULTS.md`, the relay's congestion control). Set before
-/// the connection exists: BBR turns the kernel's pacing on for the socket
-/// when it starts, and a later switch of algorithm leaves it on. Best
-/// effort: where cubic is refused the host's choice stays.
-fn local_congestion(socket: &impl AsFd, addr: SocketAddr) {
-    if !is_local(addr) {
-        return;
-    }
-    let cubic = std::ffi::OsString::from("cubic");
-    if let Err(error) = nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::TcpCongestion, &cubic) {
-        debug!(%addr, %error, "shaping proxy: cubic refused on a loopback socket");
-    }
-}
-
-/// Whether `peer` is this host's loopback (IPv4-mapped addresses included).
-fn is_local(peer: SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
 }
 
 /// Every `interval`: the adaptive controllers decide, then the metrics are
@@ -385,54 +354,5 @@ async fn control(
         let previous = publish(Arc::new(std::mem::take(&mut spare)));
         // The previous set's buffers, when no scrape holds it any more.
         spare = previous.and_then(|p| Arc::try_unwrap(p).ok()).unwrap_or_default();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::ffi::OsString;
-
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt::TcpCongestion};
-    use tokio::net::{TcpListener, TcpSocket};
-
-    use super::{is_local, local_congestion};
-
-    #[tokio::test]
-    async fn loopback_sockets_are_switched_to_cubic_before_they_connect() {
-        // reno is built into every kernel: the test does not depend on the
-        // host's default (bbr on the VM where this was written).
-        let reno = OsString::from("reno");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        setsockopt(&listener, TcpCongestion, &reno).unwrap();
-        local_congestion(&listener, addr);
-        let socket = TcpSocket::new_v4().unwrap();
-        setsockopt(&socket, TcpCongestion, &reno).unwrap();
-        local_congestion(&socket, addr);
-        let client = socket.connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        assert_eq!(getsockopt(&accepted, TcpCongestion).unwrap(), "cubic");
-        assert_eq!(getsockopt(&client, TcpCongestion).unwrap(), "cubic");
-
-        // Not on loopback: the host's choice (here the socket's) stays.
-        let remote = TcpSocket::new_v4().unwrap();
-        setsockopt(&remote, TcpCongestion, &reno).unwrap();
-        local_congestion(&remote, "10.253.0.2:443".parse().unwrap());
-        assert_eq!(getsockopt(&remote, TcpCongestion).unwrap(), "reno");
-    }
-
-    #[test]
-    fn only_peers_on_loopback_are_local() {
-        for local in ["127.0.0.1:9000", "127.1.2.3:80", "[::1]:443", "[::ffff:127.0.0.1]:443"] {
-            assert!(is_local(local.parse().unwrap()), "{local}");
-        }
-        for remote in [
-            "10.253.0.2:9000",
-            "52.216.0.1:443",
-            "[2600:1f18::1]:443",
-            "[::ffff:10.0.0.1]:80",
-        ] {
-            assert!(!is_local(remote.parse().unwrap()), "{remote}");
-        }
     }
 }

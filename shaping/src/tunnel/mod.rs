@@ -39,6 +39,7 @@ use self::config::{CompressionConfig, Mode, Side, TunnelConfig};
 use self::metrics::{Failure, TunnelMetrics};
 use self::relay::{RelayError, relay};
 use self::signal::NearAllowance;
+use crate::loopback::{local_congestion, socket_to};
 
 /// A listen address that cannot be bound is tried again this often.
 const REBIND: Duration = Duration::from_secs(5);
@@ -203,6 +204,9 @@ async fn bind(config: &TunnelConfig, metrics: &TunnelMetrics, stop: &watch::Rece
         match TcpListener::bind(config.listen).await {
             Ok(listener) => {
                 let listen = listener.local_addr().unwrap_or(config.listen);
+                // An application's connections to a client side on
+                // loopback inherit it.
+                local_congestion(&listener, listen);
                 info!(tunnel = %config.name, side = ?config.side, %listen, connect = %config.connect, "tunnel listening");
                 return Some(listener);
             }
@@ -333,8 +337,10 @@ async fn open_server(
     Ok((target, encoding))
 }
 
+/// Connects to the peer (client side) or the local target (server side).
 async fn connect(to: SocketAddr) -> Result<TcpStream, SetupError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+    let connecting = async { socket_to(to)?.connect(to).await };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(result) => result.map_err(|source| SetupError::Connect { to, source }),
         Err(_) => Err(SetupError::Connect {
             to,
