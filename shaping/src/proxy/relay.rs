@@ -217,15 +217,18 @@ impl Pipe {
 }
 
 /// Keeps one direction's upstream socket buffer at the connection's share
-/// (see [`super::socket_buffer`]) while the policy's connections come and go:
-/// sized when a connection opens, the first ones would otherwise keep the
-/// whole budget each, and their sum is what a stalled server releases at once.
+/// (see [`super::socket_buffer`]) while the policy's connections come and go
+/// and its rate changes: sized when a connection opens, the first ones would
+/// otherwise keep the whole budget each, and a rate the adaptive controller
+/// cut would keep the window of the rate before; their sum is what a stalled
+/// server releases at once.
 struct Sizer<'a> {
     upstream: &'a TcpStream,
     direction: Direction,
     budget: Duration,
-    /// The policy's open connections when the buffer was last set.
-    applied: u64,
+    /// The policy's open connections and the lane's rate (its bits) when the
+    /// buffer was last set.
+    applied: (u64, u64),
 }
 
 impl<'a> Sizer<'a> {
@@ -234,19 +237,21 @@ impl<'a> Sizer<'a> {
             upstream,
             direction,
             budget,
-            // Set at connect for the connections open then, this one included.
-            applied: 0,
+            // Set at connect; checked again at the first slice.
+            applied: (0, 0),
         }
     }
 
-    /// Resizes when the policy's connection count changed: one load on the
-    /// hot path, a system call only on a change.
+    /// Resizes when the policy's connection count or the lane's rate
+    /// changed: a load and the pacer's lock on the hot path, a system call
+    /// only on a change.
     fn follow(&mut self, policy: &PolicyState) {
-        let open = policy.open();
-        if open == self.applied {
+        let rate = policy.lane(self.direction).rate().map_or(0, f64::to_bits);
+        let applied = (policy.open(), rate);
+        if applied == self.applied {
             return;
         }
-        self.applied = open;
+        self.applied = applied;
         let Some(bytes) = super::socket_buffer(policy, self.direction, self.budget) else {
             return;
         };
@@ -336,5 +341,42 @@ async fn forward_response_heads(
             return to.write_all(&out).await.map_err(error);
         }
         to.write_all(&out).await.map_err(error)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::Sizer;
+    use crate::proxy::config::Config;
+    use crate::proxy::state::{Direction, State};
+
+    /// The receive buffer follows the rate the adaptive controller sets,
+    /// not only the connection count.
+    #[tokio::test]
+    async fn the_upstream_window_follows_rate_changes() {
+        let config: Config =
+            toml::from_str("[[policy]]\nname = \"s3\"\nhosts = [\"127.0.0.1\"]\ndownload = \"1Gbit\"\n").unwrap();
+        let state = State::new(&config).unwrap();
+        let policy = state.route("127.0.0.1", 443).unwrap();
+        let _open = policy.opened();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let buffer = || socket2::SockRef::from(&upstream).recv_buffer_size().unwrap();
+
+        let mut sizer = Sizer::new(&upstream, Direction::Download, Duration::from_millis(2));
+        sizer.follow(policy);
+        // 2 ms of 1 Gbit/s is 250 kB; asked for half, the kernel doubles it.
+        let at_1g = buffer();
+        assert!((240_000..=260_000).contains(&at_1g), "{at_1g} bytes at 1 Gbit/s");
+
+        let pacer = policy.lane(Direction::Download).pacer.as_ref().unwrap();
+        pacer.set_bits_per_second(0.5e9, Instant::now());
+        sizer.follow(policy);
+        let at_500m = buffer();
+        assert!((120_000..=130_000).contains(&at_500m), "{at_500m} bytes at 500 Mbit/s");
     }
 }
