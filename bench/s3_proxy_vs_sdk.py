@@ -36,7 +36,7 @@ cubic on its loopback sockets whatever the host's default.
 
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
            [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3] [--compare BINARY]
-           [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none]
+           [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none] [--slots DIR]
            [--overhead-only] [--unpinned] [--congestion cubic]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
 (iproute2, the test venv with moto, boto3, aws-cli).
@@ -155,10 +155,13 @@ class Wire:
         time.sleep(0.3)
         self.poll()
 
-    def stop(self, direction):
+    def stop(self, direction, keep=None):
         self.stopped = True
         self.thread.join()
         slots = sorted((ms, b) for (d, ms), b in self.slots.items() if d == direction)
+        if keep:
+            with open(keep, "w") as out:
+                json.dump(slots, out)
         busy = [ms for ms, b in slots if b >= 1500]
         if not busy:
             return 0, 0.0, 0.0
@@ -221,7 +224,8 @@ burst = "{args.burst}"
                 done = transfer(client, mode, key, size,
                                 proxy_port=proxy_port if limiter == "hostwatch" else None,
                                 max_bandwidth=rate / 8 if limiter == "sdk" else 0)
-                peak, median, whole = wire.stop(direction)
+                keep = args.slots and os.path.join(args.slots, f"{client}-{mode}-{limiter}.json")
+                peak, median, whole = wire.stop(direction, keep)
                 by_client = done["bytes"] * 8 / done["seconds"]
                 rows.append((client, mode, limiter, by_client, median, whole, peak, peak / per_ms))
                 print(f"  {client} {mode} {limiter}: client {by_client / 1e6:.1f} Mbit/s, wire median {median / 1e6:.1f}, "
@@ -379,6 +383,8 @@ def main():
     parser.add_argument("--burst", default="1ms", help="the policy's burst allowance")
     parser.add_argument("--socket-buffer", default="2ms", help="the proxy's upstream socket buffers, as time at the rate")
     parser.add_argument("--limiters", default="hostwatch,sdk,none")
+    parser.add_argument("--slots", help="part 1: a directory to keep each transfer's bytes per ms on the veth in "
+                                        "(CLIENT-MODE-LIMITER.json: [[ms, bytes], ...])")
     parser.add_argument("--overhead-only", action="store_true", help="skip part 1")
     parser.add_argument("--unpinned", action="store_true", help="part 2 without CPU pinning")
     parser.add_argument("--congestion", help="part 2: the source's and sink's congestion control (default: the host's)")
