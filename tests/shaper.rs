@@ -706,7 +706,10 @@ fn tunnels_and_forwarding_are_paced_on_loopback() {
         ("upstream", format!("( dport = :{stream} )")),
     ] {
         let algorithms = congestion_control(&filter);
-        assert_eq!(algorithms, ["cubic"], "the proxy's {what} socket ({filter})");
+        assert!(
+            !algorithms.is_empty() && algorithms.iter().all(|a| a == "cubic"),
+            "the proxy's {what} socket ({filter}): {algorithms:?}"
+        );
     }
     drop(client);
 

@@ -529,7 +529,11 @@ fn near_allowance_follows_the_allowance_counters_and_sigterm_stops() {
         ("server side's accepted", format!("( sport = :{} )", relay.port())),
         ("server side's to the target", format!("( dport = :{} )", target.port())),
     ] {
-        assert_eq!(congestion_control(&filter), ["cubic"], "the {what} socket ({filter})");
+        let algorithms = congestion_control(&filter);
+        assert!(
+            !algorithms.is_empty() && algorithms.iter().all(|a| a == "cubic"),
+            "the {what} socket ({filter}): {algorithms:?}"
+        );
     }
     client.signal("TERM");
     let status = client.wait_exit(Duration::from_secs(2)).expect("stopped within 2 s");
