@@ -14,9 +14,11 @@ transfer, in three modes, interleaved per client and direction:
   none        no limit
 The wire is measured by the same agent's netburst collector on hwbs3 (eBPF,
 bytes per millisecond), joined from /debug/netslots polled every 150 ms: the
-1 ms peak (as a multiple of RATE x 1 ms), the median 100 ms rate, and the
-whole transfer's rate (first to last millisecond with a full frame); the
-client's own rate (object bytes over its transfer time) beside them.
+1 ms peak (as a multiple of RATE x 1 ms), the 99th percentile of the
+milliseconds from the transfer's first busy one to its last and how many of
+them are above 1.5x, the median 100 ms rate, and the whole transfer's rate
+(first to last millisecond with a full frame); the client's own rate
+(object bytes over its transfer time) beside them.
 
 What, part 2 (no root): overhead at no limit on loopback. A source on
 127.0.0.1 sends BYTES to each connection (socket.sendfile from a file in
@@ -37,7 +39,7 @@ cubic on its loopback sockets whatever the host's default.
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
            [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3] [--compare BINARY]
            [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none] [--slots DIR]
-           [--overhead-only] [--unpinned] [--congestion cubic]
+           [--overhead-only | --pacing-only] [--unpinned] [--congestion cubic]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
 (iproute2, the test venv with moto, boto3, aws-cli).
 """
@@ -164,12 +166,13 @@ class Wire:
                 json.dump(slots, out)
         busy = [ms for ms, b in slots if b >= 1500]
         if not busy:
-            return 0, 0.0, 0.0
+            return 0, 0.0, 0.0, []
         first, last = busy[0], busy[-1]
         span = {ms: b for ms, b in slots if first <= ms <= last}
         windows = [sum(span.get(ms, 0) for ms in range(start, start + 100)) * 8 * 10 for start in range(first, last - 99, 100)]
         whole = sum(span.values()) * 8 * 1000 / (last - first + 1)
-        return max(b for _, b in slots), statistics.median(windows) if windows else whole, whole
+        every_ms = sorted(span.get(ms, 0) for ms in range(first, last + 1))
+        return max(b for _, b in slots), statistics.median(windows) if windows else whole, whole, every_ms
 
 
 def transfer(client, mode, key, size, proxy_port=None, max_bandwidth=0):
@@ -225,21 +228,25 @@ burst = "{args.burst}"
                                 proxy_port=proxy_port if limiter == "hostwatch" else None,
                                 max_bandwidth=rate / 8 if limiter == "sdk" else 0)
                 keep = args.slots and os.path.join(args.slots, f"{client}-{mode}-{limiter}.json")
-                peak, median, whole = wire.stop(direction, keep)
+                peak, median, whole, every_ms = wire.stop(direction, keep)
                 by_client = done["bytes"] * 8 / done["seconds"]
-                rows.append((client, mode, limiter, by_client, median, whole, peak, peak / per_ms))
+                p99 = every_ms[min(len(every_ms) - 1, int(len(every_ms) * 0.99))] / per_ms if every_ms else 0.0
+                above = sum(b > 1.5 * per_ms for b in every_ms)
+                rows.append((client, mode, limiter, by_client, median, whole, peak, peak / per_ms, p99, above, len(every_ms)))
                 print(f"  {client} {mode} {limiter}: client {by_client / 1e6:.1f} Mbit/s, wire median {median / 1e6:.1f}, "
-                      f"whole {whole / 1e6:.1f}, 1 ms peak {peak} B = {peak / per_ms:.2f}x", file=sys.stderr)
+                      f"whole {whole / 1e6:.1f}, 1 ms peak {peak} B = {peak / per_ms:.2f}x, p99 {p99:.2f}x, "
+                      f"{above} of {len(every_ms)} ms above 1.5x", file=sys.stderr)
     agent.stop()
     moto.kill()
     teardown()
     print(f"\nLimit {args.rate_mbit} Mbit/s ({per_ms:.0f} B per ms), hostwatch burst {args.burst}, object {args.size_mib} MiB, one transfer each.\n")
-    print("| client | direction | limiter | client Mbit/s (x limit) | wire median 100 ms Mbit/s | wire whole transfer Mbit/s | 1 ms peak B | peak / limit's ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for client, mode, limiter, by_client, median, whole, peak, ratio in rows:
+    print("| client | direction | limiter | client Mbit/s (x limit) | wire median 100 ms Mbit/s | wire whole transfer Mbit/s "
+          "| 1 ms peak B | peak / limit's ms | p99 ms / limit's ms | ms above 1.5x |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for client, mode, limiter, by_client, median, whole, peak, ratio, p99, above, count in rows:
         direction = "upload" if mode == "put" else "download"
         print(f"| {client} | {direction} | {limiter} | {by_client / 1e6:.1f} ({by_client / rate:.2f}) | {median / 1e6:.1f} | "
-              f"{whole / 1e6:.1f} | {peak} | {ratio:.2f} |")
+              f"{whole / 1e6:.1f} | {peak} | {ratio:.2f} | {p99:.2f} | {above} of {count} |")
 
 
 def source(listener, path, stop):
@@ -386,6 +393,7 @@ def main():
     parser.add_argument("--slots", help="part 1: a directory to keep each transfer's bytes per ms on the veth in "
                                         "(CLIENT-MODE-LIMITER.json: [[ms, bytes], ...])")
     parser.add_argument("--overhead-only", action="store_true", help="skip part 1")
+    parser.add_argument("--pacing-only", action="store_true", help="skip part 2")
     parser.add_argument("--unpinned", action="store_true", help="part 2 without CPU pinning")
     parser.add_argument("--congestion", help="part 2: the source's and sink's congestion control (default: the host's)")
     parser.add_argument("--compare", help="part 2: another hostwatch binary whose proxy runs in the same rounds")
@@ -400,7 +408,8 @@ def main():
             teardown()
     else:
         print("part 1 skipped: needs root (network namespace, eBPF)", file=sys.stderr)
-    part_two(args)
+    if not args.pacing_only:
+        part_two(args)
 
 
 if __name__ == "__main__":
