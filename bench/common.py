@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: a free loopback port, and a process's CPU
-time and resident memory read from /proc. Imported by the scripts beside it
+"""What the benchmark scripts share: a free loopback port, a process's CPU
+time and resident memory read from /proc, and a percentile. Imported by the scripts beside it
 (`from common import ...`); not a script itself."""
 
 import os
@@ -31,3 +31,9 @@ def rss_bytes(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def percentile(values, p):
+    """The nearest-rank p-th percentile (0 to 100) of a non-empty sequence."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from common import free_port, cpu_seconds, rss_bytes
+from common import free_port, cpu_seconds, percentile, rss_bytes
 
 NODE_EXPORTER_ARGS = [
     "--collector.disable-defaults",
@@ -84,11 +84,6 @@ class Target:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=5)
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def run_scenario(name, targets, scrapes, pause):
