@@ -404,6 +404,8 @@ def main():
     parser.add_argument("--congestion", help="part 2: the source's and sink's congestion control (default: the host's)")
     parser.add_argument("--compare", help="part 2: another hostwatch binary whose proxy runs in the same rounds")
     args = parser.parse_args()
+    if args.slots:
+        os.makedirs(args.slots, exist_ok=True)
     print(f"Run: {time.strftime('%Y-%m-%d')} on {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs")
     if args.overhead_only:
         pass
