@@ -38,7 +38,7 @@ cubic on its loopback sockets whatever the host's default.
 
 Usage: bench/s3_proxy_vs_sdk.py [--hostwatch target/release/hostwatch]
            [--rate-mbit 200] [--size-mib 64] [--overhead-gib 2] [--rounds 3] [--compare BINARY]
-           [--burst 1ms] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none] [--slots DIR]
+           [--burst 1ms] [--upload-burst 500us] [--socket-buffer 2ms] [--limiters hostwatch,sdk,none] [--slots DIR]
            [--overhead-only | --pacing-only] [--unpinned] [--congestion cubic]
 Needs: root for part 1 (skipped otherwise), packaging/install-deps.sh --test
 (iproute2, the test venv with moto, boto3, aws-cli).
@@ -221,7 +221,7 @@ name = "bench"
 hosts = ["{THERE}"]
 download = "{args.rate_mbit}Mbit"
 upload = "{args.rate_mbit}Mbit"
-burst = "{args.burst}"
+burst = {{ download = "{args.burst}", upload = "{args.upload_burst or args.burst}" }}
 """)
     time.sleep(3)  # netburst loads its program and watches the veth
     rows = []
@@ -244,7 +244,8 @@ burst = "{args.burst}"
     agent.stop()
     moto.kill()
     teardown()
-    print(f"\nLimit {args.rate_mbit} Mbit/s ({per_ms:.0f} B per ms), hostwatch burst {args.burst}, object {args.size_mib} MiB, one transfer each.\n")
+    burst = args.burst + (f", uploads {args.upload_burst}" if args.upload_burst else "")
+    print(f"\nLimit {args.rate_mbit} Mbit/s ({per_ms:.0f} B per ms), hostwatch burst {burst}, object {args.size_mib} MiB, one transfer each.\n")
     print("| client | direction | limiter | client Mbit/s (x limit) | wire median 100 ms Mbit/s | wire whole transfer Mbit/s "
           f"| 1 ms peak B | peak / limit's ms | p99 ms / limit's ms | ms above {GOAL}x |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -393,6 +394,7 @@ def main():
     parser.add_argument("--overhead-gib", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--burst", default="1ms", help="the policy's burst allowance")
+    parser.add_argument("--upload-burst", help="the policy's burst allowance for uploads (default: --burst)")
     parser.add_argument("--socket-buffer", default="2ms", help="the proxy's upstream socket buffers, as time at the rate")
     parser.add_argument("--limiters", default="hostwatch,sdk,none")
     parser.add_argument("--slots", help="part 1: a directory to keep each transfer's bytes per ms on the veth in "

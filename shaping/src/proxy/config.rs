@@ -105,8 +105,7 @@ pub struct Policy {
     pub download: Option<Rate>,
     /// Client to server; unlimited when absent.
     pub upload: Option<Rate>,
-    /// The burst allowance as time at the rate.
-    pub burst: Span,
+    pub burst: Burst,
     pub adaptive: Adaptive,
 }
 
@@ -119,14 +118,73 @@ struct RawPolicy {
     buckets: Vec<HostPattern>,
     download: Option<Rate>,
     upload: Option<Rate>,
-    #[serde(default = "one_millisecond")]
-    burst: Span,
+    #[serde(default)]
+    burst: Burst,
     #[serde(default)]
     adaptive: Adaptive,
 }
 
-fn one_millisecond() -> Span {
-    Span(Duration::from_millis(1))
+/// The burst allowance as time at the rate, per direction: one duration for
+/// both (`burst = "1ms"`) or a table (`burst = { upload = "500us" }`, the
+/// other direction keeping 1 ms). A bucket lets a millisecond carry its
+/// depth on top of the millisecond's rate, so an upload burst of 500us holds
+/// what the proxy writes to 1.5x the limit's millisecond. Downloads do
+/// better at 1 ms: smaller reads open the server's window in smaller, later
+/// steps, which bunch more on the wire (`bench/RESULTS.md`, S3 pacing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Burst {
+    pub download: Span,
+    pub upload: Span,
+}
+
+impl Default for Burst {
+    fn default() -> Self {
+        let one = Span(Duration::from_millis(1));
+        Self {
+            download: one,
+            upload: one,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Burst {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PerDirection {
+            download: Option<Span>,
+            upload: Option<Span>,
+        }
+
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Burst;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration, or a table of `download` and `upload` durations")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Burst, E> {
+                let both = Span::parse(text).map_err(E::custom)?;
+                Ok(Burst {
+                    download: both,
+                    upload: both,
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Burst, A::Error> {
+                let table = PerDirection::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                let default = Burst::default();
+                Ok(Burst {
+                    download: table.download.unwrap_or(default.download),
+                    upload: table.upload.unwrap_or(default.upload),
+                })
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl TryFrom<RawPolicy> for Policy {
@@ -264,19 +322,21 @@ impl Span {
     pub fn get(self) -> Duration {
         self.0
     }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let duration =
+            humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))?;
+        if !(Duration::from_micros(100)..=Duration::from_secs(1)).contains(&duration) {
+            return Err(format!("duration {text:?} out of range: must be between 100us and 1s"));
+        }
+        Ok(Self(duration))
+    }
 }
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let duration = humantime::parse_duration(&text)
-            .map_err(|error| serde::de::Error::custom(format!("invalid duration {text:?}: {error}")))?;
-        if !(Duration::from_micros(100)..=Duration::from_secs(1)).contains(&duration) {
-            return Err(serde::de::Error::custom(format!(
-                "duration {text:?} out of range: must be between 100us and 1s"
-            )));
-        }
-        Ok(Self(duration))
+        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -408,7 +468,14 @@ mod tests {
         );
         let config = config.unwrap();
         let policy = &config.policy.0[0];
-        assert_eq!(policy.burst.get(), Duration::from_micros(500));
+        let half = Span(Duration::from_micros(500));
+        assert_eq!(
+            policy.burst,
+            Burst {
+                download: half,
+                upload: half
+            }
+        );
         assert_eq!(policy.download.map(Rate::bits_per_second), Some(800e6));
         let upload = policy.upload.unwrap();
         assert_eq!(policy.adaptive.floor.of(upload), 50e6);
@@ -418,10 +485,50 @@ mod tests {
     }
 
     #[test]
+    fn the_burst_is_one_duration_or_one_per_direction() {
+        let burst = |line: &str| {
+            let text = format!("[[policy]]\nname = \"s3\"\nhosts = [\"*.s3.amazonaws.com\"]\n{line}");
+            parse(&text).map(|config| config.policy.0[0].burst)
+        };
+        let span = |micros| Span(Duration::from_micros(micros));
+        assert_eq!(
+            burst(""),
+            Ok(Burst {
+                download: span(1000),
+                upload: span(1000)
+            })
+        );
+        assert_eq!(
+            burst("burst = \"2ms\""),
+            Ok(Burst {
+                download: span(2000),
+                upload: span(2000)
+            })
+        );
+        assert_eq!(
+            burst("burst = { upload = \"500us\" }"),
+            Ok(Burst {
+                download: span(1000),
+                upload: span(500)
+            })
+        );
+        assert_eq!(
+            burst("burst = { download = \"4ms\", upload = \"250us\" }"),
+            Ok(Burst {
+                download: span(4000),
+                upload: span(250)
+            })
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let policy = |extra: &str| format!("[[policy]]\nname = \"s3\"\nhosts = [\"*.s3.amazonaws.com\"]\n{extra}");
         for (text, reason) in [
             (policy("burst = \"10us\""), "out of range"),
+            (policy("burst = { upload = \"2s\" }"), "out of range"),
+            (policy("burst = { sideways = \"1ms\" }"), "unknown field"),
+            (policy("burst = 1"), "a duration, or a table"),
             (policy("download = \"fast\""), "invalid rate"),
             (policy("[policy.adaptive]\ndecrease = 1.5"), "decrease 1.5 out of range"),
             (policy("[policy.adaptive]\nfloor = \"0%\""), "invalid share"),

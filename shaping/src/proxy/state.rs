@@ -112,12 +112,14 @@ pub struct PolicyState {
 
 impl PolicyState {
     fn new(policy: &Policy) -> Self {
-        let burst = policy.burst.get();
         Self {
             name: policy.name.clone(),
             hosts: policy.hosts.clone(),
             buckets: policy.buckets.clone(),
-            lanes: [Lane::new(policy.download, burst), Lane::new(policy.upload, burst)],
+            lanes: [
+                Lane::new(policy.download, policy.burst.download.get()),
+                Lane::new(policy.upload, policy.burst.upload.get()),
+            ],
             open: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         }
@@ -321,5 +323,30 @@ mod tests {
             assert_eq!((s3.open(), s3.connections()), (1, 1));
         }
         assert_eq!((s3.open(), s3.connections()), (0, 1));
+    }
+
+    #[test]
+    fn each_direction_gets_its_own_burst() {
+        let config: Config = toml::from_str(
+            r#"
+            [[policy]]
+            name = "s3"
+            hosts = ["s3.*.amazonaws.com"]
+            download = "80Mbit"
+            upload = "80Mbit"
+            burst = { upload = "500us" }
+            "#,
+        )
+        .unwrap_or_default();
+        let state = State::new(&config).unwrap();
+        let s3 = state.route("s3.us-east-1.amazonaws.com", 443).unwrap();
+        // 80 Mbit/s is 10 kB per millisecond; a reservation takes at most
+        // the bucket's depth.
+        let slice = |direction| {
+            let pacer = s3.lane(direction).pacer.as_ref().unwrap();
+            pacer.reserve(Instant::now(), 1 << 20).0
+        };
+        assert_eq!(slice(Direction::Download), 10_000);
+        assert_eq!(slice(Direction::Upload), 5_000);
     }
 }
