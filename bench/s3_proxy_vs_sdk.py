@@ -58,13 +58,11 @@ import threading
 import time
 import urllib.request
 
-from common import free_port, percentile
+from common import PEAK_GOAL, free_port, percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETNS, HOST_IF, HERE, THERE = "hwbenchs3", "hwbs3", "10.253.0.1", "10.253.0.2"
 VENV = os.environ.get("HOSTWATCH_TEST_VENV", os.path.expanduser("~/.cache/hostwatch-test-venv"))
-# The issue's goal for the busiest millisecond, as a multiple of the limit's.
-GOAL = 1.5
 NO_PROXY_ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
 
 
@@ -162,7 +160,7 @@ class Wire:
     def stop(self, direction, per_ms, keep=None):
         """The transfer's 1 ms peak, median 100 ms and whole rates, and, over
         its milliseconds from the first busy one to the last, the 99th
-        percentile and how many are above GOAL x per_ms."""
+        percentile and how many are above PEAK_GOAL x per_ms."""
         self.stopped = True
         self.thread.join()
         slots = sorted((ms, b) for (d, ms), b in self.slots.items() if d == direction)
@@ -177,7 +175,7 @@ class Wire:
         windows = [sum(span.get(ms, 0) for ms in range(start, start + 100)) * 8 * 10 for start in range(first, last - 99, 100)]
         whole = sum(span.values()) * 8 * 1000 / (last - first + 1)
         every_ms = [span.get(ms, 0) for ms in range(first, last + 1)]
-        above = sum(b > GOAL * per_ms for b in every_ms)
+        above = sum(b > PEAK_GOAL * per_ms for b in every_ms)
         return (max(b for _, b in slots), statistics.median(windows) if windows else whole, whole,
                 percentile(every_ms, 99), above, len(every_ms))
 
@@ -240,14 +238,14 @@ burst = {{ download = "{args.burst}", upload = "{args.upload_burst or args.burst
                 rows.append((client, mode, limiter, by_client, median, whole, peak, peak / per_ms, p99 / per_ms, above, count))
                 print(f"  {client} {mode} {limiter}: client {by_client / 1e6:.1f} Mbit/s, wire median {median / 1e6:.1f}, "
                       f"whole {whole / 1e6:.1f}, 1 ms peak {peak} B = {peak / per_ms:.2f}x, p99 {p99 / per_ms:.2f}x, "
-                      f"{above} of {count} ms above {GOAL}x", file=sys.stderr)
+                      f"{above} of {count} ms above {PEAK_GOAL}x", file=sys.stderr)
     agent.stop()
     moto.kill()
     teardown()
     burst = args.burst + (f", uploads {args.upload_burst}" if args.upload_burst else "")
     print(f"\nLimit {args.rate_mbit} Mbit/s ({per_ms:.0f} B per ms), hostwatch burst {burst}, object {args.size_mib} MiB, one transfer each.\n")
     print("| client | direction | limiter | client Mbit/s (x limit) | wire median 100 ms Mbit/s | wire whole transfer Mbit/s "
-          f"| 1 ms peak B | peak / limit's ms | p99 ms / limit's ms | ms above {GOAL}x |")
+          f"| 1 ms peak B | peak / limit's ms | p99 ms / limit's ms | ms above {PEAK_GOAL}x |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for client, mode, limiter, by_client, median, whole, peak, ratio, p99, above, count in rows:
         direction = "upload" if mode == "put" else "download"

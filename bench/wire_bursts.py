@@ -7,7 +7,8 @@ What: reads a pcap (Ethernet, IPv4 TCP; headers are enough, e.g. tcpdump -s
 
   - per transfer (sends of a frame or more, apart by under 200 ms): its
     payload rate, the busiest millisecond and the 99th percentile as
-    multiples of the limit's millisecond, and how many are above 1.5x;
+    multiples of the limit's millisecond, and how many are above the
+    issue's goal (1.5x, PEAK_GOAL in common.py);
   - the busiest milliseconds (fixed 1 ms slots from the first packet), each
     with the slots before it and every packet around it: direction,
     connection (the source's port), payload, the acknowledgement number and
@@ -27,7 +28,7 @@ import argparse
 import collections
 import struct
 
-from common import percentile
+from common import PEAK_GOAL, percentile
 
 ETHERNET, LINUX_SLL = 1, 113
 
@@ -38,7 +39,9 @@ def packets(path):
         header = f.read(24)
         magic, linktype = struct.unpack("<I", header[:4])[0], struct.unpack("<I", header[20:24])[0]
         scale = 1e9 if magic == 0xA1B23C4D else 1e6
-        link = {ETHERNET: 14, LINUX_SLL: 16}[linktype]
+        link = {ETHERNET: 14, LINUX_SLL: 16}.get(linktype)
+        if link is None:
+            raise SystemExit(f"{path}: link type {linktype} is neither Ethernet nor Linux cooked capture")
         while len(record := f.read(16)) == 16:
             seconds, fraction, captured, _ = struct.unpack("<IIII", record)
             frame = f.read(captured)
@@ -86,7 +89,7 @@ def main():
         every_ms = [slots.get(ms, 0) for ms in range(int(run[0]), int(run[-1]) + 1)]
         print(f"transfer at {run[0]:.0f} ms, {len(every_ms)} ms: {sum(every_ms) * 8 / len(every_ms) / 1000:.1f} Mbit/s,"
               f" peak {max(every_ms) / per_ms:.2f}x, p99 {percentile(every_ms, 99) / per_ms:.2f}x,"
-              f" {sum(b > 1.5 * per_ms for b in every_ms)} ms above 1.5x")
+              f" {sum(b > PEAK_GOAL * per_ms for b in every_ms)} ms above {PEAK_GOAL}x")
     print()
     for slot, payload in sorted(slots.items(), key=lambda s: -s[1])[:args.top]:
         before = ", ".join(f"{slots.get(ms, 0) / per_ms:.2f}" for ms in range(slot - 5, slot))
